@@ -1,0 +1,153 @@
+"""run_audit: load, run every selected technique on one shared context, collect a Report."""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from auditor import __version__
+from auditor.config import RunOptions
+from auditor.context import AuditContext, resolve_device
+from auditor.images import ImageSet, load_images
+from auditor.models import LoadedModel, load_model
+from auditor.registry import discover, select
+from auditor.section import Section
+from auditor.state import audit_mode
+
+Progress = Callable[[str, int, int], None]  # (technique name, index, total)
+
+
+@dataclass
+class Report:
+    """Everything the renderers need: the audit record and the sections, in order."""
+
+    record: dict[str, Any]
+    sections: list[Section]
+
+    @property
+    def failed(self) -> list[Section]:
+        return [s for s in self.sections if s.error is not None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_audit(
+    model: LoadedModel | None = None,
+    images: ImageSet | None = None,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Audit `model` (default: the built-in) on `images` (default: the bundled photos).
+
+    A technique that raises becomes a Section carrying its error (unless options.strict), so one
+    failure never loses the rest of the report. The model is returned exactly as it was given.
+    """
+    options = options or RunOptions()
+    started = time.perf_counter()
+    when = datetime.now(timezone.utc)
+    if model is None:
+        model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle, labels=options.labels,
+                           input_size=options.input_size, mean=options.mean, std=options.std)
+    if images is None:
+        images = load_images(options.images or None, model.preprocess, model.class_names)
+    device = resolve_device(options.device)
+    techniques = select(discover(), options.techniques, options.skip)
+    seed_everything(options.seed)
+    sections: list[Section] = []
+    with audit_mode(model.module, device):
+        ctx = AuditContext(model, images, options, device)
+        for index, technique in enumerate(techniques):
+            if progress is not None:
+                progress(technique.name, index, len(techniques))
+            sections.append(_run_one(technique, ctx, options))
+    record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections)
+    return Report(record, sections)
+
+
+def _run_one(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
+    start = time.perf_counter()
+    try:
+        section = technique().run(ctx, options)
+    except Exception as error:
+        if options.strict:
+            raise
+        section = Section(
+            technique.name,
+            technique.title,
+            error=f"{type(error).__name__}: {error}".splitlines()[0],
+            error_detail=traceback.format_exc(),
+        )
+    section.seconds = time.perf_counter() - start
+    return section
+
+
+def audit_record(
+    model: LoadedModel,
+    images: ImageSet,
+    options: RunOptions,
+    device: torch.device,
+    when: datetime,
+    seconds: float,
+    sections: list[Section],
+) -> dict[str, Any]:
+    """What a reviewer needs to reproduce the audit: model, data hashes, versions, device, options."""
+    parameters = model.parameter_count
+    return {
+        "auditor_version": __version__,
+        "created": when.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "model": {
+            "name": model.name,
+            "spec": model.spec,
+            "kind": model.kind,
+            "weights": model.weights,
+            "parameters": parameters,
+            "state_dict_sha256": model.sha256,
+            "files_sha256": model.file_sha256,
+            "preprocess": model.preprocess.describe(),
+            "input_size": [3, model.preprocess.crop, model.preprocess.crop],
+            "classes": len(model.class_names) or None,
+            "notes": model.notes,
+        },
+        "images": {
+            "count": len(images),
+            "files": [
+                {"name": n, "sha256": h, "label": label}
+                for n, h, label in zip(images.names, images.sha256, images.label_names)
+            ],
+            "skipped": [{"name": n, "reason": r} for n, r in images.skipped],
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "platform": platform.platform(terse=True),
+            "device": _describe_device(device),
+        },
+        "seed": options.seed,
+        "options": options.as_record(),
+        "techniques": [
+            {"name": s.technique, "seconds": round(s.seconds, 3), "status": "failed" if s.error else "ok"}
+            for s in sections
+        ],
+    }
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.processor() or platform.machine()})"

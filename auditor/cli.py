@@ -1,0 +1,176 @@
+"""The `auditor` command: thin click wrappers over the library; no torch logic here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from auditor.config import RunOptions
+from auditor.errors import AuditorError
+
+EXIT_TECHNIQUE_FAILED = 3
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+def _triple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
+    """Parse "0.5" or "0.485,0.456,0.406" into three per-channel floats."""
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("give one number or three comma-separated numbers, e.g. 0.5 or 0.485,0.456,0.406")
+    if len(numbers) == 1:
+        numbers *= 3
+    if len(numbers) != 3:
+        raise click.BadParameter("give one number or three (one per RGB channel)")
+    return (numbers[0], numbers[1], numbers[2])
+
+
+def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for item in value:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+class _StderrWarnings(logging.Handler):
+    """Library warnings (a skipped image, say) as one plain line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.secho(f"warning: {record.getMessage()}", fg="yellow", err=True)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("auditor")
+    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
+        logger.addHandler(_StderrWarnings(logging.WARNING))
+    logger.propagate = False
+
+
+def _progress(name: str, index: int, total: int) -> None:
+    if sys.stderr.isatty():
+        click.echo(f"[{index + 1}/{total}] {name}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="auditor")
+def cli() -> None:
+    """Audit a PyTorch image classifier: one self-contained HTML (and PDF) report of what it looks at."""
+
+
+@cli.command()
+@click.argument("image_args", metavar="[IMAGES]...", nargs=-1, type=click.Path())
+@click.option("--model", "-m", default="efficientnet_lite0", show_default=True,
+              help="efficientnet_lite0 (built in, ImageNet weights), a torchvision model name (resnet50, vgg16, ...), "
+                   "a TorchScript or model file, or package.module:factory (also path/to/file.py:factory).")
+@click.option("--weights", "-w", default=None,
+              help="For torchvision names: DEFAULT (default), an enum name like IMAGENET1K_V1, or none. For any "
+                   "architecture: a state_dict file.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a fully pickled model file. Unpickling runs code from the file: only for files "
+                   "you trust.")
+@click.option("--images", "-i", "image_opts", multiple=True, type=click.Path(),
+              help="Image file or folder (repeatable; subfolders named after classes give true labels). "
+                   "Default: the bundled demo photos.")
+@click.option("--labels", type=click.Path(), help="Class names: a .txt file (one per line) or .json (list or "
+                                                  "index-to-name mapping). Default: ImageNet names for ImageNet models.")
+@click.option("--input-size", type=click.IntRange(16, 4096), help="Square input size (center crop) fed to the model.")
+@click.option("--mean", callback=_triple, help="Normalization mean: one number or three, e.g. 0.485,0.456,0.406.")
+@click.option("--std", callback=_triple, help="Normalization std: one number or three.")
+@click.option("--out", "-o", default="audit-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.html, report.json and report.pdf.")
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
+@click.option("--figures", is_flag=True, help="Also write every figure as its own file in OUT/figures/ "
+                                              "(PNG/JPEG, SVG where vector), named figNN-technique-subject.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (CUDA when present).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: same inputs and seed, same numbers.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--techniques", "-t", default=None, help="Comma-separated techniques to run (default: all; see "
+                                                       "`auditor techniques`).")
+@click.option("--skip", default=None, help="Comma-separated techniques not to run.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Classes listed per image.")
+@click.option("--graph-depth", default=1, show_default=True, type=click.IntRange(0, 20),
+              help="Architecture graph: how many module levels to expand (1 collapses repeated blocks).")
+@click.option("--tensorboard", type=click.Path(file_okay=False),
+              help="Also write the model graph as a TensorBoard event file into this folder (needs tensorboard).")
+@click.option("--option", "extra", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="An option for a plugin technique (repeatable), read from options.extra.")
+@click.option("--strict", is_flag=True, help="Stop at the first failing technique and show its traceback "
+                                             "(default: report the failure in its section and go on).")
+def run(image_args: tuple[str, ...], image_opts: tuple[str, ...], techniques: str | None, skip: str | None,
+        **values: object) -> None:
+    """Audit a model on images and write the report.
+
+    Exit status: 0 on success, 1 for bad input, 3 when the report was written but a technique failed.
+    """
+    _setup_logging()
+    options = RunOptions(images=(*image_args, *image_opts), techniques=_names(techniques), skip=_names(skip),
+                         **values)  # type: ignore[arg-type]
+    try:
+        from auditor.audit import run_audit
+        from auditor.report import write_report
+
+        report = run_audit(options=options, progress=_progress)
+        if sys.stderr.isatty():
+            click.echo("writing report" + (" and PDF" if options.pdf else ""), err=True)
+        written = write_report(report, options.out, pdf=options.pdf, figures=options.figures)
+    except AuditorError as error:
+        raise click.ClickException(str(error)) from None
+    for kind, path in written.items():
+        click.echo(f"{kind}: {path}")
+    if report.failed:
+        names = ", ".join(f"{s.technique} ({s.error})" for s in report.failed)
+        click.secho(f"error: technique failed, see its section in the report: {names}", fg="red", err=True)
+        sys.exit(EXIT_TECHNIQUE_FAILED)
+
+
+@cli.command()
+def techniques() -> None:
+    """List the registered techniques (built-in and plugins) with a one-line summary each."""
+    from auditor.registry import discover
+
+    try:
+        found = discover()
+    except AuditorError as error:
+        raise click.ClickException(str(error)) from None
+    width = max(len(name) for name in found)
+    for name, registered in found.items():
+        source = "" if registered.source == "built-in" else f"  [{registered.source}]"
+        click.echo(f"{name:<{width}}  {registered.technique.summary}{source}")
+
+
+@cli.command()
+@click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="As for `auditor run`.")
+@click.option("--weights", "-w", default="none", show_default=True,
+              help="As for `auditor run`; the tree does not depend on the weights.")
+@click.option("--trust-pickle", is_flag=True, help="As for `auditor run`.")
+@click.option("--depth", default=None, type=click.IntRange(1), help="Show modules down to this depth only.")
+def layers(model: str, weights: str, trust_pickle: bool, depth: int | None) -> None:
+    """Print the module tree with the names that layer options accept."""
+    from auditor.layers import module_tree
+    from auditor.models import load_model
+
+    try:
+        loaded = load_model(model, weights, trust_pickle=trust_pickle)
+    except AuditorError as error:
+        raise click.ClickException(str(error)) from None
+    for line in module_tree(loaded.module, depth):
+        click.echo(line)
+
+
+def main() -> None:
+    cli(prog_name="auditor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""AuditContext: the model, the images, the options, and one forward pass shared by every technique."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from auditor.config import RunOptions
+from auditor.errors import AuditorError
+from auditor.images import ImageSet
+from auditor.models import LoadedModel, imagenet_class_names
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The model's outputs on every image, on the CPU."""
+
+    logits: torch.Tensor  # N x classes
+    probabilities: torch.Tensor  # softmax of logits
+    top_probabilities: torch.Tensor  # N x k, descending
+    top_indices: torch.Tensor  # N x k
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for a device that is not there is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AuditorError(f"--device: {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AuditorError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return device
+
+
+class AuditContext:
+    """What every technique receives. The model is in eval mode on `device` while techniques run."""
+
+    def __init__(self, model: LoadedModel, images: ImageSet, options: RunOptions, device: torch.device) -> None:
+        self.model = model
+        self.images = images
+        self.options = options
+        self.device = device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.module
+
+    def batches(self) -> list[tuple[int, torch.Tensor]]:
+        """(start index, input batch on the device) covering every image, `--batch-size` at a time."""
+        size = max(1, self.options.batch_size)
+        tensors = self.images.tensors
+        return [(start, tensors[start:start + size].to(self.device)) for start in range(0, len(tensors), size)]
+
+    @cached_property
+    def forward(self) -> Forward:
+        """One batched, gradient-free forward pass over all images, computed once and shared."""
+        outputs = []
+        with torch.inference_mode():
+            for _, batch in self.batches():
+                logits = self.module(batch)
+                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                    raise AuditorError(
+                        f"--model: {self.model.spec} must return a tensor of class scores (batch x classes), "
+                        f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
+                    )
+                outputs.append(logits.float().cpu())
+        logits = torch.cat(outputs)
+        probabilities = logits.softmax(dim=1)
+        k = min(self.options.top_k, logits.shape[1])
+        top = probabilities.topk(k, dim=1)
+        return Forward(logits, probabilities, top.values, top.indices)
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """Names for every output: the model's, ImageNet's for a 1000-way model, else "class i"."""
+        count = self.forward.logits.shape[1]
+        names = self.model.class_names
+        if len(names) == count:
+            return list(names)
+        if not names and count == 1000:
+            return imagenet_class_names()
+        return [names[i] if i < len(names) else f"class {i}" for i in range(count)]

@@ -1,0 +1,92 @@
+"""The technique registry: built-ins and third-party plugins register the same way.
+
+A plugin declares, in its pyproject.toml:
+
+    [project.entry-points."auditor.techniques"]
+    my-technique = "my_package.module:MyTechnique"
+
+Built-ins are listed below as the same "module:attribute" strings. Two techniques with one name is a
+TechniqueClashError that names both.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from auditor.errors import AuditorError, TechniqueClashError
+
+if TYPE_CHECKING:
+    from auditor.config import RunOptions
+    from auditor.context import AuditContext
+    from auditor.section import Section
+
+ENTRY_POINT_GROUP = "auditor.techniques"
+
+BUILTINS: tuple[str, ...] = (
+    "auditor.techniques.predictions:Predictions",
+    "auditor.techniques.architecture:Architecture",
+)
+
+
+@runtime_checkable
+class Technique(Protocol):
+    """A visualization technique. `run` returns a Section of plain data and leaves the model as it was."""
+
+    name: ClassVar[str]  # CLI key, e.g. "grad-cam"
+    title: ClassVar[str]  # section heading
+    summary: ClassVar[str]  # one line for `auditor techniques`
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section: ...
+
+
+@dataclass(frozen=True)
+class Registered:
+    technique: type[Technique]
+    source: str  # "built-in" or the distribution and entry point that provided it
+
+
+def _load(target: str) -> type[Technique]:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def discover() -> dict[str, Registered]:
+    """Every technique, built-ins first in report order, then plugins by name."""
+    found: dict[str, Registered] = {}
+
+    def add(technique: type[Technique], source: str) -> None:
+        for attribute in ("name", "title", "summary", "run"):
+            if not hasattr(technique, attribute):
+                raise AuditorError(f"technique from {source} has no {attribute!r}; see the README's plugin guide")
+        if technique.name in found:
+            raise TechniqueClashError(
+                f"two techniques are named {technique.name!r}: {found[technique.name].source} and {source}; "
+                f"uninstall one or rename it"
+            )
+        found[technique.name] = Registered(technique, source)
+
+    for target in BUILTINS:
+        add(_load(target), "built-in")
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        distribution = entry.dist.name if entry.dist is not None else "unknown package"
+        try:
+            technique = entry.load()
+        except Exception as error:  # a broken plugin must not break the tool
+            raise AuditorError(f"plugin {entry.name!r} from {distribution} failed to load: {error}") from None
+        add(technique, f"{distribution} ({entry.name} = {entry.value})")
+    return found
+
+
+def select(available: dict[str, Registered], only: tuple[str, ...], skip: tuple[str, ...]) -> list[type[Technique]]:
+    """The techniques to run, in registry order; unknown names are a user error listing the known ones."""
+    for option, names in (("--techniques", only), ("--skip", skip)):
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise AuditorError(
+                f"{option}: unknown technique {', '.join(unknown)}; known: {', '.join(available)} "
+                f"(see `auditor techniques`)"
+            )
+    return [r.technique for n, r in available.items() if (not only or n in only) and n not in skip]

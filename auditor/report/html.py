@@ -1,0 +1,97 @@
+"""report.html: one self-contained page (inline CSS, data-URI images, inline SVG, no script).
+
+Autoescape is always on: file names, labels and class names are user data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from auditor.audit import Report
+from auditor.render import data_uri
+from auditor.report.numbering import Numbered, numbered_blocks
+from auditor.section import Cards, Figure, Table
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+
+def templates_dir() -> Path:
+    """Templates ship inside the wheel as auditor/templates; a source checkout keeps them at the top."""
+    packaged = Path(__file__).resolve().parent.parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "templates"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["data_uri"] = lambda block: data_uri(block.data if isinstance(block, Figure) else block.image,
+                                                     block.mime)
+    env.filters["inline_svg"] = inline_svg
+    env.filters["number"] = format_number
+    env.filters["paragraphs"] = lambda text: [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    env.tests["table"] = lambda block: isinstance(block, Table)
+    env.tests["figure"] = lambda block: isinstance(block, Figure)
+    env.tests["cards"] = lambda block: isinstance(block, Cards)
+    env.tests["number"] = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    return env
+
+
+def inline_svg(figure: Figure) -> Markup:
+    """SVG markup to place in the page; techniques make it, but refuse anything that could run."""
+    text = figure.data.decode("utf-8")
+    text = re.sub(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", "", text, flags=re.S).strip()
+    if re.search(r"<script|\bon[a-z]+\s*=|javascript:|<foreignObject", text, flags=re.I):
+        raise ValueError(f"figure {figure.key!r}: SVG with scripts or event handlers is not allowed")
+    return Markup(text)
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """Integers with thousands separators, floats with `digits` significant digits."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
+    return str(value)
+
+
+def _model_summary(report: Report) -> dict[str, Any]:
+    """Parameters, MACs, size and input size, from the architecture section when it ran."""
+    model = report.record["model"]
+    summary: dict[str, Any] = {"parameters": model["parameters"], "input_size": model["input_size"]}
+    for section in report.sections:
+        if section.technique == "architecture" and section.error is None:
+            for key in ("total_macs", "model_size_mb"):
+                if key in section.metrics:
+                    summary[key] = section.metrics[key]
+    return summary
+
+
+def render_html(report: Report) -> str:
+    by_section: dict[int, list[Numbered]] = {}
+    for numbered in numbered_blocks(report):
+        by_section.setdefault(id(numbered.section), []).append(numbered)
+    sections = [{"section": s, "number": i + 1, "anchor": f"section-{s.technique}",
+                 "blocks": by_section.get(id(s), [])} for i, s in enumerate(report.sections)]
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        record=report.record,
+        sections=sections,
+        summary=_model_summary(report),
+        failed=report.failed,
+        csp=CONTENT_SECURITY_POLICY,
+    )

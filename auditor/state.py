@@ -1,0 +1,36 @@
+"""Leave the user's model exactly as it was given: training flags, requires_grad and device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def audit_mode(model: nn.Module, device: torch.device | None = None) -> Iterator[nn.Module]:
+    """Put the model in eval mode with frozen parameters (on `device`), and restore all of it after."""
+    training = {module: module.training for module in model.modules()}
+    requires_grad = {param: param.requires_grad for param in model.parameters()}
+    original_device = next((t.device for t in _tensors(model)), None)
+    try:
+        model.eval()
+        for param in requires_grad:
+            param.requires_grad_(False)
+        if device is not None and original_device is not None and device != original_device:
+            model.to(device)
+        yield model
+    finally:
+        if device is not None and original_device is not None and device != original_device:
+            model.to(original_device)
+        for param, flag in requires_grad.items():
+            param.requires_grad_(flag)
+        for module, flag in training.items():
+            module.training = flag
+
+
+def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
