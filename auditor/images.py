@@ -82,7 +82,8 @@ def decode(data: bytes) -> Image.Image:
             low, high = float(array.min()), float(array.max())
             array = (array - low) / (high - low) if high > low else np.zeros_like(array)
         image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        # palette and tRNS colour-key transparency become an alpha channel, composited below
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
         rgba = image.convert("RGBA")
@@ -136,7 +137,7 @@ def _decode_all(
         try:
             data = path.read_bytes()
             image = decode(data)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.warning("skipping %s: not a readable image (%s)", path, reason)
             skipped.append((name, reason))

@@ -168,13 +168,15 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
         else:
             description, files = _load_state_dict_file(module, choice)
     else:
-        try:
-            known = enum.DEFAULT if choice.upper() == "DEFAULT" else enum[choice]
-        except KeyError:
+        by_name = {w.name.upper(): w for w in enum}
+        known = enum.DEFAULT if choice.upper() == "DEFAULT" else by_name.get(choice.upper())
+        if known is None and _looks_like_path(choice):
+            raise AuditorError(f"--weights: file {choice} does not exist")
+        if known is None:
             raise AuditorError(
                 f"--weights: {name} has no weights {choice!r}; choose DEFAULT, none, "
                 f"{', '.join(w.name for w in enum)}, or a state_dict file"
-            ) from None
+            )
         module = torchvision.models.get_model(name, weights=None)
         module.load_state_dict(_fetch_torchvision_weights(name, known))
         description = f"torchvision {type(known).__name__}.{known.name}"
@@ -189,6 +191,10 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
     module.eval()
     return LoadedModel(module, preprocess, list(known.meta["categories"]), name, name, "torchvision", description,
                        file_sha256=files)
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or Path(text).suffix.lower() in {".pt", ".pth", ".bin", ".ckpt", ".tar"}
 
 
 def _fetch_torchvision_weights(name: str, weights: Any) -> dict[str, torch.Tensor]:
@@ -214,8 +220,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"--weights: {path} is not a plain state_dict (it needs unpickling code); save "
             f"model.state_dict() with torch.save and pass that file"
         ) from None
-    except (RuntimeError, OSError, EOFError) as error:
-        raise AuditorError(f"--weights: cannot read {path} as a PyTorch file ({error})") from None
+    except Exception as error:  # torch.load raises KeyError, ValueError, ... on files it cannot parse
+        raise AuditorError(f"--weights: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -226,12 +232,22 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _load_state_dict_file(module: nn.Module, weights: str) -> tuple[str, dict[str, str]]:
     path = Path(weights)
     if not path.is_file():
         raise AuditorError(f"--weights: {weights} is neither a known weights name nor an existing file")
     state = _read_state_dict(path)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # size mismatches, even with strict=False
+        mismatched = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+        detail = f"{len(mismatched)} tensors of the wrong shape (e.g. {mismatched[0]})" if mismatched else str(error)
+        raise AuditorError(f"--weights: {path} does not fit the model: {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         raise AuditorError(
             f"--weights: {path} does not fit the model: {len(result.missing_keys)} missing keys "
@@ -251,23 +267,30 @@ def _is_torchscript(path: Path) -> bool:
 def _load_model_file(path: Path, trust_pickle: bool) -> LoadedModel:
     files = {path.name: file_sha256(path)}
     if _is_torchscript(path):
-        module = torch.jit.load(str(path), map_location="cpu")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # a damaged archive surfaces as RuntimeError from the C++ loader
+            raise AuditorError(f"--model: cannot read {path} as TorchScript ({_first_line(error)})") from None
         module.eval()
         return LoadedModel(module, Preprocess(), [], path.stem, str(path), "torchscript", f"TorchScript {path.name}",
                            file_sha256=files)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if trust_pickle:  # already unpickled without restrictions: the file itself is broken
+            raise AuditorError(f"--model: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
         raise AuditorError(
             f"--model: {path} is a pickled model; unpickling runs code from the file. Pass --trust-pickle "
             f"only if you trust it, or save it as TorchScript or as a state_dict with its architecture"
         ) from None
-    except (RuntimeError, OSError, EOFError) as error:
-        raise AuditorError(f"--model: cannot read {path} as a PyTorch file ({error})") from None
+    except Exception as error:  # torch.load raises KeyError, ValueError, ... on files it cannot parse
+        raise AuditorError(f"--model: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
     if isinstance(loaded, nn.Module):
         loaded.eval()
         return LoadedModel(loaded, Preprocess(), [], type(loaded).__name__, str(path), "pickled module",
                            f"pickled module {path.name} (trusted)", file_sha256=files)
+    if not isinstance(loaded, dict):
+        raise AuditorError(f"--model: {path} holds a {type(loaded).__name__}, not a torch.nn.Module")
     raise AuditorError(
         f"--model: {path} holds a state_dict, not a model; pass the architecture as --model "
         f"(e.g. resnet50 or package.module:factory) and this file as --weights"
@@ -315,7 +338,10 @@ def read_labels(path: Path) -> list[str]:
     """Class names from a text file (one per line) or JSON (a list, or a mapping from index to name)."""
     if not path.is_file():
         raise AuditorError(f"--labels: {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise AuditorError(f"--labels: cannot read {path} as UTF-8 text ({error})") from None
     if path.suffix.lower() != ".json":
         names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
@@ -325,10 +351,14 @@ def read_labels(path: Path) -> list[str]:
             raise AuditorError(f"--labels: {path} is not valid JSON ({error})") from None
         if isinstance(data, dict):
             try:
-                items = sorted((int(k), v) for k, v in data.items())
+                items = sorted(((int(k), v) for k, v in data.items()), key=lambda item: item[0])
             except ValueError:
                 raise AuditorError(f"--labels: the keys of {path} must be class indices") from None
-            data = [v[-1] if isinstance(v, list) else v for _, v in items]
+            if items and items[0][0] < 0:
+                raise AuditorError(f"--labels: the keys of {path} must be class indices from 0")
+            # keep each name at its index; a gap gets the index itself as its name
+            by_index = {i: (v[-1] if isinstance(v, list) and v else v) for i, v in items}
+            data = [by_index.get(i, str(i)) for i in range(items[-1][0] + 1)] if items else []
         if not isinstance(data, list):
             raise AuditorError(f"--labels: {path} must hold a list of names or an index-to-name mapping")
         names = [str(v) for v in data]

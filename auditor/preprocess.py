@@ -35,12 +35,17 @@ class Preprocess:
 
     def display(self, image: Image.Image) -> Image.Image:
         """The RGB image exactly as the model sees it, before normalization (for overlays)."""
+        # Same geometry as torchvision's Resize(int) + CenterCrop, so the tensors match the reference
+        # transforms of torchvision weights: the long side is truncated, the crop offset rounded.
         width, height = image.size
-        scale = self.resize / min(width, height)
-        size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-        resized = image.convert("RGB").resize(size, _RESAMPLE[self.interpolation])
-        left = (size[0] - self.crop) // 2
-        top = (size[1] - self.crop) // 2
+        short, long = min(width, height), max(width, height)
+        new_short = max(self.resize, self.crop)  # never upscale past the crop by distorting the aspect
+        new_long = max(new_short, int(new_short * long / short))
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        image = image.convert("RGB")
+        resized = image if size == image.size else image.resize(size, _RESAMPLE[self.interpolation])
+        left = int(round((size[0] - self.crop) / 2.0))
+        top = int(round((size[1] - self.crop) / 2.0))
         return resized.crop((left, top, left + self.crop, top + self.crop))
 
     def to_tensor(self, display_image: Image.Image) -> torch.Tensor:

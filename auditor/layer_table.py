@@ -1,0 +1,179 @@
+"""The layer table: one hooked forward pass recording each module's output shape, parameters and MACs.
+
+MACs follow torchinfo's convention so that totals can be checked against it: a convolution's weight
+and bias elements are each used once per output position, a linear layer's once per output row, any
+other layer's parameters (batch norm, layer norm) once per sample; layers without parameters
+(activations, pooling, additions) count zero. Unlike torchinfo, a module that owns parameters and
+also has children (e.g. a Conv2d subclass with a padding child) still counts its own MACs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from auditor.hooks import ForwardHook, forward_hooks
+
+
+@dataclass
+class Calls:
+    """What the hooked pass saw of one module: every call's output shape and the MACs summed over calls."""
+
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    macs: int = 0
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the layer table: a leaf module or a module that owns parameters directly."""
+
+    name: str  # qualified name, as model.get_submodule accepts ("" for the model itself)
+    type: str
+    hyperparameters: str
+    output_shape: tuple[int, ...] | None  # of the first call, batch dimension included; None if never called
+    calls: int
+    parameters: int  # owned directly (a parameter shared by two modules counts at the first)
+    trainable: int
+    macs: int  # summed over calls
+
+    @property
+    def depth(self) -> int:
+        return self.name.count(".") + 1 if self.name else 0
+
+    def as_dict(self, total_parameters: int) -> dict[str, Any]:
+        share = self.parameters / total_parameters if total_parameters else 0.0
+        return {"name": self.name, "type": self.type, "hyperparameters": self.hyperparameters,
+                "output_shape": list(self.output_shape) if self.output_shape is not None else None,
+                "calls": self.calls, "parameters": self.parameters, "trainable_parameters": self.trainable,
+                "parameter_share": share, "macs": self.macs, "depth": self.depth}
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a module's output (a tensor, or one nested in a tuple, list or dict)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (tuple, list)) else ()
+    return next((t for t in map(first_tensor, items) if t is not None), None)
+
+
+def macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-accumulates of one call, from the parameters the module owns directly (see module doc)."""
+    owned = sum(p.numel() for p in module.parameters(recurse=False))
+    if not owned:
+        return 0
+    shape = tuple(output.shape)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        uses = math.prod(shape[:1] + shape[2:])  # batch x output positions
+    elif isinstance(module, nn.Linear):
+        uses = math.prod(shape[:-1])  # output rows
+    else:
+        uses = shape[0] if shape else 1  # once per sample
+    return owned * uses
+
+
+def record_calls(module: nn.Module, example: torch.Tensor) -> dict[str, Calls]:
+    """Run `module` once on `example` with a hook on every submodule; hooks are gone afterwards."""
+    calls = {name: Calls() for name, _ in module.named_modules()}
+
+    def hook_for(name: str) -> ForwardHook:
+        def hook(sub: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+            tensor = first_tensor(output)
+            if tensor is not None:
+                calls[name].shapes.append(tuple(tensor.shape))
+                calls[name].macs += macs(sub, tensor)
+        return hook
+
+    with forward_hooks([(sub, hook_for(name)) for name, sub in module.named_modules()]), torch.no_grad():
+        module(example)
+    return calls
+
+
+def layer_rows(module: nn.Module, calls: Mapping[str, Calls],
+               requires_grad: Mapping[str, bool] | None = None) -> list[LayerRow]:
+    """Rows for leaf modules and modules owning parameters, in registration order.
+
+    `requires_grad` maps qualified parameter names to their flags as the user set them (the audit
+    freezes parameters while it runs); without it the parameters' current flags are used.
+    """
+    seen: set[int] = set()
+    rows = []
+    for name, sub in module.named_modules():
+        owned = []
+        for pname, param in sub.named_parameters(recurse=False, remove_duplicate=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                owned.append((f"{name}.{pname}" if name else pname, param))
+        if owned or not any(True for _ in sub.children()):
+            flags = requires_grad or {}
+            record = calls.get(name, Calls())
+            rows.append(LayerRow(
+                name=name,
+                type=type(sub).__name__,
+                hyperparameters=hyperparameters(sub),
+                output_shape=record.shapes[0] if record.shapes else None,
+                calls=len(record.shapes),
+                parameters=sum(p.numel() for _, p in owned),
+                trainable=sum(p.numel() for n, p in owned if flags.get(n, p.requires_grad)),
+                macs=record.macs,
+            ))
+    return rows
+
+
+def _pair(value: Any) -> str:
+    """3 -> "3", (3, 3) -> "3×3"."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return "×".join(str(v) for v in values)
+
+
+def _is_one(value: Any) -> bool:
+    return all(v == 1 for v in (value if isinstance(value, (tuple, list)) else (value,)))
+
+
+def hyperparameters(module: nn.Module) -> str:
+    """The key settings of a layer in a few words: channels or features, kernel, stride, groups, p."""
+    parts: list[str] = []
+    if hasattr(module, "in_channels") and hasattr(module, "out_channels"):
+        parts.append(f"{module.in_channels}→{module.out_channels}")
+    elif hasattr(module, "in_features") and hasattr(module, "out_features"):
+        parts.append(f"{module.in_features}→{module.out_features}")
+    elif isinstance(getattr(module, "num_features", None), int):
+        parts.append(f"{module.num_features} features")
+    elif hasattr(module, "normalized_shape"):
+        parts.append(f"shape {_pair(module.normalized_shape)}")
+    if hasattr(module, "kernel_size"):
+        parts.append(f"kernel {_pair(module.kernel_size)}")
+    for attribute in ("stride", "dilation", "groups"):
+        value = getattr(module, attribute, None)
+        if value is not None and not _is_one(value):
+            parts.append(f"{attribute} {_pair(value)}")
+    if getattr(module, "output_size", None) is not None:
+        parts.append(f"output {_pair(module.output_size)}")
+    if isinstance(getattr(module, "p", None), float):
+        parts.append(f"p={module.p:g}")
+    return ", ".join(parts)
+
+
+def format_shape(shape: tuple[int, ...] | None, batch: bool = False) -> str:
+    """(1, 64, 56, 56) -> "64×56×56": the batch dimension of the single example is dropped by default."""
+    if shape is None:
+        return "not called"
+    dims = shape if batch or not shape else shape[1:]
+    return "×".join(str(d) for d in dims) or "scalar"
+
+
+def _unique_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    seen: set[int] = set()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield tensor
+
+
+def model_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer, each counted once: the size of the weights in memory."""
+    return sum(t.numel() * t.element_size() for t in _unique_tensors(module))

