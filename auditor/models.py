@@ -304,10 +304,12 @@ def _import_factory(spec: str) -> Any:
             path = Path(module_name)
             if not path.is_file():
                 raise AuditorError(f"--model: {module_name} does not exist")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            # A private module name: a user file called json.py must not replace the standard json.
+            name = f"auditor_user_model_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module
+            sys.modules[name] = module
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
@@ -323,7 +325,10 @@ def _import_factory(spec: str) -> Any:
 
 def _load_callable(spec: str, weights: str | None) -> LoadedModel:
     factory = _import_factory(spec)
-    module = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    try:
+        module = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except Exception as error:
+        raise AuditorError(f"--model: {spec} raised {type(error).__name__}: {error}".splitlines()[0]) from None
     if not isinstance(module, nn.Module):
         raise AuditorError(f"--model: {spec} returned {type(module).__name__}, not a torch.nn.Module")
     description, files = ("as built by the factory", {})

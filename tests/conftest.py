@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny seeded model, an image writer, and the real default model (session-wide)."""
+"""Shared fixtures: tiny_model (a seeded TinyNet), make_image (writes images under tmp_path), and
+lite0_model (the real default model, loaded once per session)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TESTS_DIR = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:  # so `tests.fixtures_models:tiny` imports without an editable install
     sys.path.append(str(REPO_ROOT))
 
 from tests.fixtures_models import tiny  # noqa: E402
 
-TINY_FACTORY_FILE_SPEC = f"{TESTS_DIR / 'fixtures_models.py'}:tiny"  # the path/to/file.py:factory form
-TINY_FACTORY_IMPORT_SPEC = "tests.fixtures_models:tiny"  # the package.module:factory form
+# Model specs for the tiny model: import TINY_FACTORY_IMPORT_SPEC / TINY_FACTORY_FILE_SPEC from
+# tests.fixtures_models ("tests.fixtures_models:tiny" and "/abs/path/tests/fixtures_models.py:tiny").
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 TINY_CLASSES = 5
+TINY_FACTORY_IMPORT_SPEC = "tests.fixtures_models:tiny"  # the package.module:factory form
+TINY_FACTORY_FILE_SPEC = f"{Path(__file__).resolve()}:tiny"  # the path/to/file.py:factory form
 
 
 class TinyNet(nn.Module):

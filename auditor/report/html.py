@@ -41,6 +41,7 @@ def _environment() -> Environment:
                                                      block.mime)
     env.filters["inline_svg"] = inline_svg
     env.filters["number"] = format_number
+    env.filters["option"] = format_option
     env.filters["paragraphs"] = lambda text: [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     env.tests["table"] = lambda block: isinstance(block, Table)
     env.tests["figure"] = lambda block: isinstance(block, Figure)
@@ -66,6 +67,19 @@ def format_number(value: Any, digits: int = 4) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:,.0f}"
+    return str(value)
+
+
+def format_option(value: Any) -> str:
+    """An option value as a user would type it: true/false, comma lists, KEY=VALUE, "—" for unset."""
+    if value is None or value == [] or value == {}:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)
 
 

@@ -1,12 +1,81 @@
-"""Architecture: layer table and graph (placeholder until issue 3 lands)."""
+"""Architecture: a layer table (shapes, parameters, MACs) and a graph of the network, from one input."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
 
 from auditor.config import RunOptions
 from auditor.context import AuditContext
-from auditor.section import Section
+from auditor.errors import AuditorError
+from auditor.graph import Graph, graph_svg, network_graph
+from auditor.layer_table import LayerRow, format_shape, layer_rows, model_bytes, record_calls
+from auditor.section import Figure, Section, Table
+from auditor.tensorboard import require_tensorboard, write_graph
+
+COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "trainable", "share", "MACs"]
+INDENT = "\u00a0\u00a0"  # per nesting level in the module column; no-break spaces survive HTML
+
+
+def example_input(ctx: AuditContext) -> torch.Tensor:
+    """One input of the model's size: the first audited image, so data-dependent code takes a real path."""
+    if len(ctx.images):
+        return ctx.images.tensors[:1].to(ctx.device)
+    crop = ctx.model.preprocess.crop
+    return torch.zeros(1, 3, crop, crop, device=ctx.device)
+
+
+def table_row(row: LayerRow, total_parameters: int) -> list[Any]:
+    shape = format_shape(row.output_shape)
+    if row.calls > 1:
+        shape += f" ({row.calls} calls)"
+    share = row.parameters / total_parameters if total_parameters else 0.0
+    name = INDENT * max(row.depth - 1, 0) + (row.name or "(model)")
+    return [name, row.type, row.hyperparameters, shape, row.parameters, row.trainable, f"{share:.2%}", row.macs]
+
+
+def layer_table(rows: list[LayerRow], model_name: str, input_text: str) -> Table:
+    total = sum(r.parameters for r in rows)
+    footer = ["total", "", "", "", total, sum(r.trainable for r in rows), "100.00%", sum(r.macs for r in rows)]
+    caption = (f"Layers of {model_name} with their key hyper-parameters, output shape, parameters and "
+               f"multiply-accumulate operations (MACs) for one {input_text} input; totals in the last row.")
+    return Table("architecture-layers", caption, COLUMNS, [table_row(r, total) for r in rows], footer)
+
+
+def graph_figure(graph: Graph, model_name: str, input_text: str, traced: bool, depth: int) -> Figure:
+    key = "architecture-graph"
+    if traced:
+        caption = (f"Data-flow graph of {model_name} for one {input_text} input, traced with torch.fx: each box is "
+                   f"a module call or tensor operation with its output shape (channels×height×width), and "
+                   f"consecutive calls in one module with the same output shape share a box, “N ×” marking "
+                   f"N repeated blocks.")
+    else:
+        caption = (f"Module hierarchy of {model_name} to depth {depth}, with each module's output shape for one "
+                   f"{input_text} input; consecutive sibling modules of one type and output shape share a box.")
+    svg = graph_svg(graph, model_name, id_prefix=f"{key}-")
+    alt = f"{'Data-flow graph' if traced else 'Module tree'} of {model_name} with {len(graph.boxes)} boxes."
+    return Figure(key, caption, svg.encode("utf-8"), "image/svg+xml", alt)
+
+
+def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str, traced: bool) -> str:
+    overview = (f"{model_name} has {totals['total_parameters']:,} parameters "
+                f"({totals['trainable_parameters']:,} trainable) taking {totals['model_size_mb']:.1f} MB "
+                f"with its buffers (1 MB = 10^6 bytes), and one {input_text} input costs "
+                f"{totals['total_macs'] / 1e9:.3f} billion multiply-accumulate operations (MACs).")
+    graph = ("The graph follows the data from the input to the output as torch.fx traced it. Blue boxes are "
+             "layers, green boxes blocks of layers, yellow boxes tensor operations such as residual additions; "
+             "--graph-depth opens blocks up." if traced else
+             "The graph shows how modules nest rather than how data flows, because torch.fx could not trace "
+             "the forward pass (see the note below).")
+    table = ("The table lists every layer (and every module holding parameters itself) as measured by hooks "
+             "during one forward pass of a single input. MACs follow torchinfo's convention: a convolution's or "
+             "linear layer's weights and biases count once per output position, other layers' parameters (batch "
+             "norm) once per image, and layers without parameters (activations, pooling, additions) count zero; a "
+             "module called several times counts once per call.")
+    return "\n\n".join([overview, graph, table])
 
 
 class Architecture:
@@ -15,4 +84,39 @@ class Architecture:
     summary: ClassVar[str] = "Layer table with shapes, parameters and MACs, and a graph of the network."
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:
-        return Section(self.name, self.title, text="Not implemented yet.")
+        if options.graph_depth < 1:
+            raise AuditorError(f"--graph-depth must be 1 or more, not {options.graph_depth}")
+        if options.tensorboard:
+            require_tensorboard()  # fail before the work, not after
+        module: nn.Module = ctx.module
+        model_name = ctx.model.name
+        example = example_input(ctx)
+        input_text = format_shape(tuple(example.shape))
+        calls = record_calls(module, example)
+        # The audit freezes parameters; the context carries the user's flags once it records them.
+        rows = layer_rows(module, calls, getattr(ctx, "requires_grad", None))
+        graph, untraceable = network_graph(module, example, calls, options.graph_depth)
+        totals = {
+            "total_parameters": sum(r.parameters for r in rows),
+            "trainable_parameters": sum(r.trainable for r in rows),
+            "total_macs": sum(r.macs for r in rows),
+            "model_size_mb": model_bytes(module) / 1e6,
+        }
+        notes = []
+        if untraceable is not None:
+            notes.append(f"torch.fx could not trace {model_name} ({untraceable}), so the figure shows the module "
+                         f"tree instead of the data flow.")
+        if options.tensorboard:
+            failed = write_graph(module, example, options.tensorboard)
+            notes.append(failed or f"The graph was also written for TensorBoard to {options.tensorboard}.")
+        metrics = {
+            **totals,
+            "input_size": list(example.shape[1:]),
+            "graph": {"kind": "module tree" if untraceable else "torch.fx", "depth": options.graph_depth,
+                      "boxes": len(graph.boxes)},
+            "layers": [r.as_dict(totals["total_parameters"]) for r in rows],
+        }
+        blocks = [graph_figure(graph, model_name, input_text, untraceable is None, options.graph_depth),
+                  layer_table(rows, model_name, input_text)]
+        return Section(self.name, self.title, text=summary_text(model_name, totals, input_text, untraceable is None),
+                       blocks=blocks, metrics=metrics, notes=notes)
