@@ -48,3 +48,8 @@ def tiny(num_classes: int = TINY_CLASSES, seed: int = 0) -> nn.Module:
 def not_a_module() -> str:
     """A factory that forgets to return a model."""
     return "not a model"
+
+
+def broken() -> nn.Module:
+    """A factory with a bug in it."""
+    raise TypeError("TinyNet() got an unexpected keyword argument 'depth'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
 import urllib.error
 import warnings
 from pathlib import Path
@@ -521,3 +522,18 @@ def test_overrides_replace_the_assumed_preprocessing_note():
     given = load_model(TINY_FACTORY_IMPORT_SPEC, input_size=64, std=(1.0, 1.0, 1.0))
     assert given.preprocess == Preprocess(resize=73, crop=64, mean=IMAGENET_MEAN, std=(1.0, 1.0, 1.0))
     assert not any("Preprocessing assumed" in note for note in given.notes)
+
+
+def test_factory_that_raises_is_one_line_naming_the_spec():
+    spec = TINY_FACTORY_IMPORT_SPEC.replace(":tiny", ":broken")
+    with pytest.raises(AuditorError, match=r"^--model: tests.fixtures_models:broken raised TypeError: TinyNet\(\) "
+                                           r"got an unexpected keyword argument 'depth'$"):
+        load_model(spec)
+
+
+def test_factory_file_named_like_a_standard_module_does_not_replace_it(tmp_path):
+    (tmp_path / "json.py").write_text("from tests.fixtures_models import tiny\n")
+    loaded = load_model(f"{tmp_path / 'json.py'}:tiny")
+    assert isinstance(loaded.module, TinyNet)
+    assert json.dumps([1]) == "[1]" and json.__file__ != str(tmp_path / "json.py")
+    assert sys.modules["json"] is json
