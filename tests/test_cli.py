@@ -77,7 +77,8 @@ def test_no_readable_image_is_an_error(runner: CliRunner, tmp_path: Path) -> Non
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     result = _invoke(runner, "run", str(tmp_path), "--out", str(tmp_path / "o"), "--no-pdf")
     assert result.exit_code == 1
-    assert "Error: --images: none of the files could be read as an image (broken.png:" in result.output
+    assert ("Error: --images: none of the files could be read as an image (broken.png: not a recognised image "
+            "format, or a damaged file)") in result.output
 
 
 def test_failing_technique_still_writes_the_report_and_exits_3(runner, tmp_path, monkeypatch) -> None:
