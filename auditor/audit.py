@@ -68,8 +68,8 @@ def run_audit(
     techniques = select(discover(), options.techniques, options.skip)
     seed_everything(options.seed)
     sections: list[Section] = []
-    with audit_mode(model.module, device):
-        ctx = AuditContext(model, images, options, device)
+    with audit_mode(model.module, device) as requires_grad:
+        ctx = AuditContext(model, images, options, device, requires_grad)
         for index, technique in enumerate(techniques):
             if progress is not None:
                 progress(technique.name, index, len(techniques))

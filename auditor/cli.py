@@ -99,7 +99,7 @@ def cli() -> None:
                                                        "`auditor techniques`).")
 @click.option("--skip", default=None, help="Comma-separated techniques not to run.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Classes listed per image.")
-@click.option("--graph-depth", default=1, show_default=True, type=click.IntRange(0, 20),
+@click.option("--graph-depth", default=1, show_default=True, type=click.IntRange(1, 20),
               help="Architecture graph: how many module levels to expand (1 collapses repeated blocks).")
 @click.option("--tensorboard", type=click.Path(file_okay=False),
               help="Also write the model graph as a TensorBoard event file into this folder (needs tensorboard).")
@@ -120,6 +120,10 @@ def run(image_args: tuple[str, ...], image_opts: tuple[str, ...], techniques: st
         from auditor.audit import run_audit
         from auditor.report import write_report
 
+        if options.tensorboard is not None:
+            from auditor.tensorboard import require_tensorboard
+
+            require_tensorboard()  # fail before the audit, not in its section
         report = run_audit(options=options, progress=_progress)
         if sys.stderr.isatty():
             click.echo("writing report" + (" and PDF" if options.pdf else ""), err=True)

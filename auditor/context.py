@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -39,11 +40,13 @@ def resolve_device(name: str) -> torch.device:
 class AuditContext:
     """What every technique receives. The model is in eval mode on `device` while techniques run."""
 
-    def __init__(self, model: LoadedModel, images: ImageSet, options: RunOptions, device: torch.device) -> None:
+    def __init__(self, model: LoadedModel, images: ImageSet, options: RunOptions, device: torch.device,
+                 requires_grad: Mapping[str, bool]) -> None:
         self.model = model
         self.images = images
         self.options = options
         self.device = device
+        self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
 
     @property
     def module(self) -> torch.nn.Module:

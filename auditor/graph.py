@@ -1,4 +1,4 @@
-"""The network as a small graph of boxes, as DOT: torch.fx data flow, or the module tree as a fallback.
+"""The network as a small graph of boxes: torch.fx data flow, or the module tree as a fallback.
 
 At depth 1 each box is a top-level module call (containers such as nn.Sequential are looked through,
 so ResNet's layer1 shows its Bottlenecks); deeper levels open blocks up. Consecutive boxes in one
@@ -8,7 +8,6 @@ repeated blocks, "Conv2d · BatchNorm2d · ReLU" for a chain of layers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,15 +17,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from auditor.layer_table import Calls, format_shape, hyperparameters
-from auditor.svg import inline_svg, render_svg, size_px
-
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-PAGE_WIDTH_PX = 680.0  # an A4 text column (515 pt), in CSS px
-PAGE_HEIGHT_PX = 660.0  # two thirds of an A4 text block: a figure that leaves room for its caption and text
-FONT = "DejaVu Sans"  # Graphviz knows its metrics, which are wide: text fits whatever sans-serif the viewer has
-FONT_FAMILY = "DejaVu Sans,Verdana,sans-serif"
-FILL = {"input": "#e5e7eb", "layer": "#dbeafe", "block": "#dcfce7", "op": "#fef9c3"}
+from auditor.layer_table import CONTAINERS, Calls, format_shape, hyperparameters, is_layer
 
 
 @dataclass
@@ -48,14 +39,6 @@ class Graph:
     boxes: list[Box]
     edges: set[tuple[int, int]] = field(default_factory=set)
     direction: str = "TB"
-
-
-def is_layer(module: nn.Module) -> bool:
-    """Drawn as one box at any depth: no children, or a subclass of a torch.nn layer (a padded Conv2d)."""
-    if not any(True for _ in module.children()):
-        return True
-    return any(cls.__module__.startswith("torch.nn.modules") and cls not in (nn.Module, *CONTAINERS)
-               for cls in type(module).__mro__)
 
 
 def trace(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -90,13 +73,13 @@ def _unit(node: torch.fx.Node, module: nn.Module, depth: int) -> tuple[str, Box]
     shape = format_shape(_tensor_shape(node.meta.get("tensor_meta")))
     if node.op == "placeholder":
         return node.name, Box(["input"], ["input"], "input", "", shape)
-    stack = [(key, path) for key, (path, _) in node.meta.get("nn_module_stack", {}).items()
+    entries = node.meta.get("nn_module_stack", {}).items()
+    stack = [(key, path, module.get_submodule(path)) for key, (path, _) in entries
              if type(module.get_submodule(path)) not in CONTAINERS]
-    for level, (key, path) in enumerate(stack, 1):
-        sub = module.get_submodule(path)
-        if level == depth or is_layer(sub):
-            kind = "layer" if is_layer(sub) else "block"
-            detail = hyperparameters(sub) if kind == "layer" else ""
+    for level, (key, path, sub) in enumerate(stack, 1):
+        layer = is_layer(sub)
+        if level == depth or layer:
+            kind, detail = ("layer", hyperparameters(sub)) if layer else ("block", "")
             return key, Box([path], [type(sub).__name__], kind, path.rpartition(".")[0], shape, detail)
     name = _operation_name(node)
     return node.name, Box([name], [name], "op", stack[-1][1] if stack else "", shape)
@@ -127,7 +110,8 @@ def fx_graph(traced: torch.fx.GraphModule, module: nn.Module, depth: int) -> Gra
     return Graph(list(boxes.values()), edges)
 
 
-def _neighbours(graph: Graph) -> tuple[list[set[int]], list[set[int]]]:
+def neighbours(graph: Graph) -> tuple[list[set[int]], list[set[int]]]:
+    """Each box's predecessors and successors."""
     predecessors: list[set[int]] = [set() for _ in graph.boxes]
     successors: list[set[int]] = [set() for _ in graph.boxes]
     for source, target in graph.edges:
@@ -141,13 +125,13 @@ def _mergeable(a: Box, b: Box) -> bool:
     if "input" in (a.kind, b.kind) or (a.parent, a.shape) != (b.parent, b.shape):
         return False
     if "block" in (a.kind, b.kind):
-        return a.kind == b.kind and a.types[-1] == b.types[0]
+        return a.kind == b.kind and a.types == b.types
     return True
 
 
 def collapse_runs(graph: Graph) -> Graph:
     """Merge chains of boxes that `_mergeable` allows, where each link is the only edge out and in."""
-    predecessors, successors = _neighbours(graph)
+    predecessors, successors = neighbours(graph)
     groups: list[list[int]] = []
     for i, box in enumerate(graph.boxes):
         if groups:
@@ -208,127 +192,6 @@ def network_graph(module: nn.Module, example: torch.Tensor, calls: Mapping[str, 
         traced = trace(module, example)
     except Exception as error:  # torch.fx raises many types for code it cannot trace
         lines = str(error).strip().splitlines()
-        return module_tree(module, calls, depth), f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        return module_tree(module, calls, depth), reason
     return collapse_runs(fx_graph(traced, module, depth)), None
-
-
-def type_summary(types: list[str]) -> str:
-    """["Bottleneck"] * 3 -> "3 × Bottleneck"; ["Conv2d", "ReLU"] * 2 -> "2 × (Conv2d · ReLU)"."""
-    count = len(types)
-    for period in range(1, count // 2 + 1):
-        if count % period == 0 and types == types[:period] * (count // period):
-            unit = " · ".join(types[:period])
-            return f"{count // period} × {unit if period == 1 else f'({unit})'}"
-    return " · ".join(types)
-
-
-def box_title(box: Box, siblings: int, root_name: str) -> str:
-    """What a box shows first: a module name, a parent covering a whole run, or a range of names."""
-    names = [name or root_name for name in box.names]
-    if len(names) == 1:
-        return names[0]
-    if box.parent and len(names) == siblings:
-        return box.parent
-    last = [name.rpartition(".")[2] for name in names]
-    if box.parent and all(part.isdigit() for part in last):
-        return f"{box.parent}.{last[0]}–{last[-1]}"
-    if len(names) <= 3:
-        return " · ".join([names[0], *last[1:]])
-    return f"{names[0]} – {last[-1]}"
-
-
-def wrap_parts(text: str, width: int = 30) -> list[str]:
-    """Break "a · b · c" into lines of at most `width` characters after a dot (a part never breaks)."""
-    lines: list[str] = []
-    for part in text.split(" · "):
-        if lines and len(lines[-1]) + 3 + len(part) <= width:
-            lines[-1] += " · " + part
-        elif lines:
-            lines[-1] += " ·"
-            lines.append(part)
-        else:
-            lines.append(part)
-    return lines
-
-
-def box_label(box: Box, siblings: int, root_name: str) -> str:
-    title = box_title(box, siblings, root_name)
-    lines = wrap_parts(title)
-    summary = type_summary(box.types)
-    if summary != title:
-        lines.extend(wrap_parts(summary))
-    if box.detail:
-        lines.append(box.detail)
-    lines.append(box.shape)
-    return "\n".join(lines)
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def ranks(graph: Graph) -> list[int]:
-    """Longest-path rank of each box, as dot would place it in a single column."""
-    predecessors, _ = _neighbours(graph)
-    found: list[int] = []
-    for i in range(len(graph.boxes)):
-        found.append(max((found[p] + 1 for p in predecessors[i]), default=0))
-    return found
-
-
-def to_dot(graph: Graph, root_name: str, columns: int = 1) -> str:
-    """DOT source; with columns > 1 a tall graph wraps into side-by-side columns of equal rank count.
-
-    Edges that jump to the next column do not constrain ranks, the first box of each column is
-    pinned to the top row, left to right, and a column's boxes share a group so its chain runs straight.
-    """
-    rank = ranks(graph)
-    per_column = math.ceil((max(rank, default=0) + 1) / columns)
-    column = [r // per_column for r in rank]
-    siblings: dict[str, int] = {}
-    for box in graph.boxes:
-        siblings[box.parent] = siblings.get(box.parent, 0) + len(box.names)
-    lines = [
-        "digraph architecture {",
-        f'  graph [rankdir={graph.direction}, dpi=96, nodesep=0.2, ranksep=0.25, pad=0.05, fontname="{FONT}"];',
-        f'  node [shape=box, style="rounded,filled", fontname="{FONT}", fontsize=10, color="#4b5563", '
-        'penwidth=0.8, margin="0.1,0.04", height=0.3];',
-        '  edge [color="#4b5563", penwidth=0.8, arrowsize=0.6];',
-    ]
-    for i, box in enumerate(graph.boxes):
-        label = box_label(box, siblings[box.parent], root_name)
-        lines.append(f"  b{i} [label={_quote(label)}, fillcolor={_quote(FILL[box.kind])}, group=c{column[i]}];")
-    for source, target in sorted(graph.edges):
-        wrap = " [constraint=false]" if column[source] != column[target] else ""
-        lines.append(f"  b{source} -> b{target}{wrap};")
-    heads = _column_heads(rank, per_column, columns)
-    if len(heads) > 1:
-        lines.append("  { rank=same; " + " ".join(f"b{i};" for i in heads) + " }")
-        lines.append("  " + " -> ".join(f"b{i}" for i in heads) + " [style=invis];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _column_heads(rank: list[int], per_column: int, columns: int) -> list[int]:
-    """The first box at the top rank of each column."""
-    return [rank.index(c * per_column) for c in range(columns) if c * per_column in rank]
-
-
-def choose_columns(width: float, height: float, most: int = 12) -> int:
-    """How many columns a one-column layout of this size should wrap into to be largest on an A4 page.
-
-    Wrapping divides the height and multiplies the width; the page shrinks whatever is too wide.
-    """
-    def scale(columns: int) -> float:
-        return min(1.0, PAGE_WIDTH_PX / (width * columns * 1.1), PAGE_HEIGHT_PX * columns / height)
-    return max(range(1, most + 1), key=lambda c: (round(scale(c), 3), -c))
-
-
-def graph_svg(graph: Graph, root_name: str, id_prefix: str) -> str:
-    """Inline-ready SVG of `graph`; a tall top-to-bottom graph is laid out again in columns."""
-    svg = render_svg(to_dot(graph, root_name))
-    if graph.direction == "TB":
-        columns = choose_columns(*size_px(svg))
-        if columns > 1:
-            svg = render_svg(to_dot(graph, root_name, columns))
-    return inline_svg(svg.replace(f'font-family="{FONT}"', f'font-family="{FONT_FAMILY}"'), id_prefix)

@@ -19,6 +19,23 @@ from torch import nn
 
 from auditor.hooks import ForwardHook, forward_hooks
 
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def is_layer(module: nn.Module) -> bool:
+    """A module shown whole, as one table row and one graph box at any depth.
+
+    That is a module without children, or a subclass of a torch.nn layer whose children hold no
+    parameters (EfficientNet-Lite's Conv2d with a padding child).
+    """
+    children = list(module.children())
+    if not children:
+        return True
+    if any(True for child in children for _ in child.parameters()):
+        return False
+    return any(cls.__module__.startswith("torch.nn.modules") and cls not in (nn.Module, *CONTAINERS)
+               for cls in type(module).__mro__)
+
 
 @dataclass
 class Calls:
@@ -30,14 +47,14 @@ class Calls:
 
 @dataclass(frozen=True)
 class LayerRow:
-    """One row of the layer table: a leaf module or a module that owns parameters directly."""
+    """One row of the layer table: a layer (see is_layer) or another module owning parameters directly."""
 
     name: str  # qualified name, as model.get_submodule accepts ("" for the model itself)
     type: str
     hyperparameters: str
     output_shape: tuple[int, ...] | None  # of the first call, batch dimension included; None if never called
     calls: int
-    parameters: int  # owned directly (a parameter shared by two modules counts at the first)
+    parameters: int  # its own, a layer's with its children's; a shared parameter counts at its first owner
     trainable: int
     macs: int  # summed over calls
 
@@ -95,21 +112,29 @@ def record_calls(module: nn.Module, example: torch.Tensor) -> dict[str, Calls]:
 
 def layer_rows(module: nn.Module, calls: Mapping[str, Calls],
                requires_grad: Mapping[str, bool] | None = None) -> list[LayerRow]:
-    """Rows for leaf modules and modules owning parameters, in registration order.
+    """Rows for layers (see is_layer) and other modules owning parameters, in registration order.
 
-    `requires_grad` maps qualified parameter names to their flags as the user set them (the audit
-    freezes parameters while it runs); without it the parameters' current flags are used.
+    A layer's row covers its children's parameters and MACs. `requires_grad` maps qualified parameter
+    names to their flags as the user set them (the audit freezes parameters while it runs); without
+    it the parameters' current flags are used.
     """
+    flags = requires_grad or {}
     seen: set[int] = set()
+    covered: set[str] = set()  # layers that have a row: their sub-modules get none
     rows = []
     for name, sub in module.named_modules():
+        if name.rpartition(".")[0] in covered:
+            covered.add(name)
+            continue
+        layer = is_layer(sub)
+        members = list(sub.named_modules(prefix=name)) if layer else [(name, sub)]
         owned = []
-        for pname, param in sub.named_parameters(recurse=False, remove_duplicate=False):
-            if id(param) not in seen:
-                seen.add(id(param))
-                owned.append((f"{name}.{pname}" if name else pname, param))
-        if owned or not any(True for _ in sub.children()):
-            flags = requires_grad or {}
+        for member_name, member in members:
+            for pname, param in member.named_parameters(recurse=False, remove_duplicate=False):
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    owned.append((f"{member_name}.{pname}" if member_name else pname, param))
+        if layer or owned:
             record = calls.get(name, Calls())
             rows.append(LayerRow(
                 name=name,
@@ -119,19 +144,19 @@ def layer_rows(module: nn.Module, calls: Mapping[str, Calls],
                 calls=len(record.shapes),
                 parameters=sum(p.numel() for _, p in owned),
                 trainable=sum(p.numel() for n, p in owned if flags.get(n, p.requires_grad)),
-                macs=record.macs,
+                macs=sum(calls[m].macs for m, _ in members if m in calls),
             ))
+        if layer:
+            covered.add(name)
     return rows
 
 
-def _pair(value: Any) -> str:
-    """3 -> "3", (3, 3) -> "3×3"."""
+def _dims(value: Any, collapse: bool = False) -> str:
+    """3 -> "3", (3, 3) -> "3×3"; with `collapse`, (2, 2) -> "2" (a stride the same along every axis)."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if collapse and len(set(values)) == 1:
+        values = values[:1]
     return "×".join(str(v) for v in values)
-
-
-def _is_one(value: Any) -> bool:
-    return all(v == 1 for v in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
 def hyperparameters(module: nn.Module) -> str:
@@ -144,15 +169,15 @@ def hyperparameters(module: nn.Module) -> str:
     elif isinstance(getattr(module, "num_features", None), int):
         parts.append(f"{module.num_features} features")
     elif hasattr(module, "normalized_shape"):
-        parts.append(f"shape {_pair(module.normalized_shape)}")
+        parts.append(f"shape {_dims(module.normalized_shape)}")
     if hasattr(module, "kernel_size"):
-        parts.append(f"kernel {_pair(module.kernel_size)}")
+        parts.append(f"kernel {_dims(module.kernel_size)}")
     for attribute in ("stride", "dilation", "groups"):
         value = getattr(module, attribute, None)
-        if value is not None and not _is_one(value):
-            parts.append(f"{attribute} {_pair(value)}")
+        if value is not None and _dims(value, collapse=True) != "1":
+            parts.append(f"{attribute} {_dims(value, collapse=True)}")
     if getattr(module, "output_size", None) is not None:
-        parts.append(f"output {_pair(module.output_size)}")
+        parts.append(f"output {_dims(module.output_size)}")
     if isinstance(getattr(module, "p", None), float):
         parts.append(f"p={module.p:g}")
     return ", ".join(parts)

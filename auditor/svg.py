@@ -5,8 +5,8 @@ needed and every machine produces the same drawing. Graphviz names its elements 
 edge1...; two inlined SVGs would clash, so every id and every reference to one gets a prefix.
 
 Draw with the DOT graph attribute dpi=96: the viewBox is then in CSS pixels, and the inlined SVG
-gets that size in px. Browsers and WeasyPrint then agree on its size (WeasyPrint sizes an inline
-SVG styled height:auto from its viewBox, read as pixels).
+gets that size in px. The page's stylesheet shrinks wide ones (max-width:100%; height:auto); a style
+attribute on the <svg> itself would not do: WeasyPrint then squeezes a tall SVG into a square.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ _PROLOG = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", re.DOTALL)
 _ID = re.compile(r'(?<=\s)id="([^"]*)"')
 _HREF = re.compile(r'((?:xlink:)?href)="#([^"]*)"')
 _URL = re.compile(r"url\(#([^)]*)\)")
-_SIZE = re.compile(r'(<svg\b[^>]*?)\swidth="[\d.]+pt"\s+height="[\d.]+pt"([^>]*?\sviewBox="[\d.]+ [\d.]+ ([\d.]+) ([\d.]+)")')
+_SIZE = re.compile(r'(<svg\b[^>]*?)\swidth="[\d.]+pt"\s+height="[\d.]+pt"'
+                   r'([^>]*?\sviewBox="[\d.]+ [\d.]+ ([\d.]+) ([\d.]+)")')
 
 
 def render_svg(dot: str) -> str:
@@ -45,8 +46,7 @@ def size_px(svg: str) -> tuple[float, float]:
 def inline_svg(svg: str, id_prefix: str) -> str:
     """`svg` ready to paste into HTML: no XML prolog, DOCTYPE or comments, every id prefixed.
 
-    It keeps its natural size in px (so small graphs are not blown up); a style lets the page shrink
-    wide ones to the column width.
+    It keeps its natural size in px, so small graphs are not blown up.
     """
     width, height = size_px(svg)
     body = _SIZE.sub(lambda m: f'{m.group(1)} width="{width:g}px" height="{height:g}px"{m.group(2)}', svg, count=1)
@@ -54,4 +54,4 @@ def inline_svg(svg: str, id_prefix: str) -> str:
     body = _ID.sub(lambda m: f'id="{id_prefix}{m.group(1)}"', body)
     body = _HREF.sub(lambda m: f'{m.group(1)}="#{id_prefix}{m.group(2)}"', body)
     body = _URL.sub(lambda m: f"url(#{id_prefix}{m.group(1)})", body)
-    return body.replace("<svg ", '<svg style="max-width:100%;height:auto" ', 1)
+    return body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ def write_graph(module: nn.Module, example: torch.Tensor, log_dir: str | Path) -
     summary_writer = require_tensorboard()
     writer = summary_writer(log_dir=str(log_dir))
     try:
-        writer.add_graph(module, example)
+        with warnings.catch_warnings():  # torch deprecates jit.trace, which add_graph uses: not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            writer.add_graph(module, example)
     except Exception as error:  # torch.jit.trace raises many types for models it cannot trace
         return f"The TensorBoard graph was not written: torch.jit could not trace the model ({type(error).__name__})."
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 import torch
@@ -14,12 +15,14 @@ from torch import nn
 from auditor.config import RunOptions
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
-from auditor.graph import (Box, Graph, choose_columns, collapse_runs, fx_graph, graph_svg, network_graph,
-                           to_dot, trace, type_summary)
+from auditor.graph import Box, Graph, collapse_runs, fx_graph, network_graph, trace
+from auditor.graph_draw import choose_columns, graph_svg, to_dot, type_summary
 from auditor.images import ImageSet
 from auditor.layer_table import layer_rows, record_calls
 from auditor.models import LoadedModel
 from auditor.preprocess import Preprocess
+from auditor.section import Section
+from auditor.state import requires_grad_flags
 from auditor.techniques.architecture import Architecture
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -64,20 +67,20 @@ class Broken(nn.Module):
         raise RuntimeError("forward failed on purpose")
 
 
-def context(module: nn.Module, size: int, **options) -> tuple[AuditContext, RunOptions]:
+def context(module: nn.Module, size: int, **options: Any) -> tuple[AuditContext, RunOptions]:
     """A context with no images, so the technique feeds one zero input of size x size."""
     loaded = LoadedModel(module, Preprocess(resize=size, crop=size), [], type(module).__name__, "test", "module", "")
     images = ImageSet(torch.empty(0, 3, size, size), [], [], [], [], [])
     run_options = RunOptions(device="cpu", **options)
-    return AuditContext(loaded, images, run_options, torch.device("cpu")), run_options
+    return AuditContext(loaded, images, run_options, torch.device("cpu"), requires_grad_flags(module)), run_options
 
 
-def run(module: nn.Module, size: int, **options):
+def run(module: nn.Module, size: int, **options: Any) -> Section:
     ctx, run_options = context(module, size, **options)
     return Architecture().run(ctx, run_options)
 
 
-def svg_of(section) -> str:
+def svg_of(section: Section) -> str:
     return next(b for b in section.blocks if getattr(b, "mime", "") == "image/svg+xml").data.decode("utf-8")
 
 
@@ -194,7 +197,8 @@ def test_svg_is_inlinable_with_unique_prefixed_ids():
     assert svg.startswith("<svg") and "<?xml" not in svg and "DOCTYPE" not in svg
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG}svg" and root.get("viewBox")
-    assert root.get("width", "").endswith("px") and "max-width:100%" in root.get("style", "")
+    assert root.get("width", "").endswith("px") and root.get("height", "").endswith("px")
+    assert root.get("style") is None  # WeasyPrint squeezes a tall SVG styled height:auto on the element
     ids, refs = ids_and_references(svg)
     assert ids and len(ids) == len(set(ids)) and all(i.startswith("architecture-graph-") for i in ids)
     assert set(refs) <= set(ids)

@@ -87,3 +87,12 @@ def test_batch_size_does_not_change_the_numbers() -> None:
     for a, b in zip(first, second):
         assert [x["class"] for x in a] == [x["class"] for x in b]
         assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)
+
+
+def test_trainable_parameters_are_counted_as_the_user_set_them() -> None:
+    module = _tiny_classifier()
+    module[0].requires_grad_(False)  # a frozen first conv: 3*4*9 + 4 = 112 parameters
+    report = run_audit(load_model(module), options=RunOptions(techniques=("architecture",)))
+    metrics = report.sections[0].metrics
+    assert metrics["total_parameters"] == 112 + 8 + 15
+    assert metrics["trainable_parameters"] == 8 + 15

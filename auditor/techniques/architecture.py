@@ -11,13 +11,13 @@ from torch import nn
 from auditor.config import RunOptions
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
-from auditor.graph import Graph, graph_svg, network_graph
+from auditor.graph import Graph, network_graph
+from auditor.graph_draw import graph_svg
 from auditor.layer_table import LayerRow, format_shape, layer_rows, model_bytes, record_calls
 from auditor.section import Figure, Section, Table
 from auditor.tensorboard import require_tensorboard, write_graph
 
 COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "trainable", "share", "MACs"]
-INDENT = "\u00a0\u00a0"  # per nesting level in the module column; no-break spaces survive HTML
 
 
 def example_input(ctx: AuditContext) -> torch.Tensor:
@@ -32,9 +32,8 @@ def table_row(row: LayerRow, total_parameters: int) -> list[Any]:
     shape = format_shape(row.output_shape)
     if row.calls > 1:
         shape += f" ({row.calls} calls)"
-    share = row.parameters / total_parameters if total_parameters else 0.0
-    name = INDENT * max(row.depth - 1, 0) + (row.name or "(model)")
-    return [name, row.type, row.hyperparameters, shape, row.parameters, row.trainable, f"{share:.2%}", row.macs]
+    share = f"{row.parameters / total_parameters:.2%}" if row.parameters else ""
+    return [row.name or "(model)", row.type, row.hyperparameters, shape, row.parameters, row.trainable, share, row.macs]
 
 
 def layer_table(rows: list[LayerRow], model_name: str, input_text: str) -> Table:
@@ -63,7 +62,7 @@ def graph_figure(graph: Graph, model_name: str, input_text: str, traced: bool, d
 def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str, traced: bool) -> str:
     overview = (f"{model_name} has {totals['total_parameters']:,} parameters "
                 f"({totals['trainable_parameters']:,} trainable) taking {totals['model_size_mb']:.1f} MB "
-                f"with its buffers (1 MB = 10^6 bytes), and one {input_text} input costs "
+                f"with its buffers (1 MB = 10⁶ bytes), and one {input_text} input costs "
                 f"{totals['total_macs'] / 1e9:.3f} billion multiply-accumulate operations (MACs).")
     graph = ("The graph follows the data from the input to the output as torch.fx traced it. Blue boxes are "
              "layers, green boxes blocks of layers, yellow boxes tensor operations such as residual additions; "
@@ -93,8 +92,8 @@ class Architecture:
         example = example_input(ctx)
         input_text = format_shape(tuple(example.shape))
         calls = record_calls(module, example)
-        # The audit freezes parameters; the context carries the user's flags once it records them.
-        rows = layer_rows(module, calls, getattr(ctx, "requires_grad", None))
+        # Trainable as the user set it: the audit itself runs with every parameter frozen.
+        rows = layer_rows(module, calls, ctx.requires_grad)
         graph, untraceable = network_graph(module, example, calls, options.graph_depth)
         totals = {
             "total_parameters": sum(r.parameters for r in rows),

@@ -53,7 +53,8 @@ class Predictions:
                 badge=badge,
                 badge_ok=correct,
             ))
-            rows.append([image_name, top[0][0], round(top[0][1], 3), truth, badge or None])
+            row = [image_name, top[0][0], round(top[0][1], 3)]
+            rows.append(row + [truth, badge or None] if images.has_labels else row)
             per_image.append({"image": image_name, "top": [{"class": n, "probability": p} for n, p in top],
                               "true_class": truth, "correct": correct})
         metrics: dict[str, object] = {"images": per_image}
@@ -67,6 +68,7 @@ class Predictions:
         blocks = [
             Cards("predictions", f"Top-{k} predicted classes and probabilities for each image.", cards),
             Table("predictions-summary", "Top-1 prediction for each image.",
-                  ["image", "top-1 class", "probability", "true class", "verdict"], rows),
+                  ["image", "top-1 class", "probability"] + (["true class", "verdict"] if images.has_labels else []),
+                  rows),
         ]
         return Section(self.name, self.title, text=text, blocks=blocks, metrics=metrics)
