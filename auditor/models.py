@@ -215,16 +215,22 @@ def _fetch_torchvision_weights(name: str, weights: Any) -> dict[str, torch.Tenso
         ) from None
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _torch_load(path: Path, option: str, *, weights_only: bool, refused: str) -> Any:
+    """torch.load, with every failure as one line naming `option`; `refused` says why weights_only said no."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise AuditorError(
-            f"--weights: {path} is not a plain state_dict (it needs unpickling code); save "
-            f"model.state_dict() with torch.save and pass that file"
-        ) from None
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        if weights_only:
+            raise AuditorError(f"{option}: {path} {refused}") from None
+        raise AuditorError(f"{option}: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
     except Exception as error:  # torch.load raises KeyError, ValueError, ... on files it cannot parse
-        raise AuditorError(f"--weights: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
+        raise AuditorError(f"{option}: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    loaded = _torch_load(path, "--weights", weights_only=True,
+                         refused="is not a plain state_dict (it needs unpickling code); save model.state_dict() "
+                                 "with torch.save and pass that file")
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -277,17 +283,9 @@ def _load_model_file(path: Path, trust_pickle: bool) -> LoadedModel:
         module.eval()
         return LoadedModel(module, Preprocess(), [], path.stem, str(path), "torchscript", f"TorchScript {path.name}",
                            file_sha256=files)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as error:
-        if trust_pickle:  # already unpickled without restrictions: the file itself is broken
-            raise AuditorError(f"--model: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
-        raise AuditorError(
-            f"--model: {path} is a pickled model; unpickling runs code from the file. Pass --trust-pickle "
-            f"only if you trust it, or save it as TorchScript or as a state_dict with its architecture"
-        ) from None
-    except Exception as error:  # torch.load raises KeyError, ValueError, ... on files it cannot parse
-        raise AuditorError(f"--model: cannot read {path} as a PyTorch file ({_first_line(error)})") from None
+    loaded = _torch_load(path, "--model", weights_only=not trust_pickle,
+                         refused="is a pickled model; unpickling runs code from the file. Pass --trust-pickle only "
+                                 "if you trust it, or save it as TorchScript or as a state_dict with its architecture")
     if isinstance(loaded, nn.Module):
         loaded.eval()
         return LoadedModel(loaded, Preprocess(), [], type(loaded).__name__, str(path), "pickled module",
