@@ -21,7 +21,8 @@ from auditor.context import AuditContext, resolve_device
 from auditor.images import ImageSet, load_images
 from auditor.models import LoadedModel, load_model
 from auditor.registry import discover, select
-from auditor.section import Section
+from auditor.section import Figure, Section
+from auditor.svg import check_passive
 from auditor.state import audit_mode
 
 Progress = Callable[[str, int, int], None]  # (technique name, index, total)
@@ -82,6 +83,9 @@ def _run_one(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
     start = time.perf_counter()
     try:
         section = technique().run(ctx, options)
+        for block in section.blocks:
+            if isinstance(block, Figure) and block.mime == "image/svg+xml":
+                check_passive(block.data.decode("utf-8"), block.key)
     except Exception as error:
         if options.strict:
             raise

@@ -24,14 +24,18 @@ class EchoTechnique:
 '''
 
 
-def install_fake_plugin(folder: Path, name: str = "echo") -> None:
-    """A module and a `fake-plugin-NAME` distribution whose entry point registers technique NAME.
-
-    The module name depends on NAME because Python caches imported modules across tests.
-    """
-    module = f"fake_plugin_{name.replace('-', '_')}"
-    (folder / f"{module}.py").write_text(textwrap.dedent(PLUGIN_SOURCE.format(name=name)))
+def install_plugin(folder: Path, name: str, module: str, source: str, attribute: str) -> None:
+    """A module `module` holding `source`, and a `fake-plugin-NAME` distribution whose entry point
+    registers `module:attribute` as technique NAME, in `folder` (which the test puts on sys.path)."""
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
     dist = folder / f"{module}-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[auditor.techniques]\n{name} = {module}:EchoTechnique\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-plugin-{name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[auditor.techniques]\n{name} = {module}:{attribute}\n")
+
+
+def install_fake_plugin(folder: Path, name: str = "echo") -> None:
+    """The echo plugin above as technique NAME. Its module name depends on NAME because Python caches
+    imported modules across tests."""
+    install_plugin(folder, name, f"fake_plugin_{name.replace('-', '_')}", PLUGIN_SOURCE.format(name=name),
+                   "EchoTechnique")

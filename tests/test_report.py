@@ -20,6 +20,7 @@ from auditor import RunOptions, load_images, load_model, run_audit, write_report
 from auditor.images import BUNDLED_PHOTOS
 from auditor.report.files import write_atomic
 from auditor.report.html import render_html
+from plugin_fixture import install_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORK_URL = re.compile(r"^\s*(https?:)?//", re.I)
@@ -202,3 +203,43 @@ def test_built_wheel_ships_the_templates_and_renders_the_same_report(tmp_path: P
     report = run_audit(options=RunOptions(techniques=("predictions",)))
     report.record.update(created="fixed", seconds=0, techniques=[])
     assert html == render_html(report)
+
+
+def test_svg_figures_from_any_technique_get_page_unique_ids() -> None:
+    """Two plugins' SVGs with the same ids (as matplotlib or Graphviz would write) stay distinct on one page."""
+    from auditor.audit import Report
+    from auditor.section import Figure, Section
+
+    svg = ('<?xml version="1.0"?><!-- made by hand --><svg xmlns="http://www.w3.org/2000/svg" '
+           'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 10 10"><defs><clipPath id="clip1">'
+           '<rect width="5" height="5"/></clipPath></defs><g id="node1" clip-path="url(#clip1)">'
+           '<use xlink:href="#node1"/></g></svg>')
+    figures = [Figure(f"same-{i}", "An SVG.", svg.encode(), "image/svg+xml") for i in range(2)]
+    report = run_audit(options=RunOptions(techniques=("predictions",)))
+    report = Report(report.record, [*report.sections, Section("svg", "SVG", blocks=figures)])
+    html = render_html(report)
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    assert 'id="figure-2-clip1"' in html and 'id="figure-3-clip1"' in html
+    assert 'clip-path="url(#figure-3-clip1)"' in html and 'xlink:href="#figure-2-node1"' in html
+    assert "<?xml" not in html and "made by hand" not in html
+
+
+def test_svg_with_a_script_fails_only_its_own_technique(tmp_path, monkeypatch) -> None:
+    install_plugin(tmp_path, "scripted", "scripted_svg_plugin", """
+        from auditor.section import Figure, Section
+
+        class Scripted:
+            name, title, summary = "scripted", "Scripted", "Returns an SVG with a script."
+
+            def run(self, ctx, options):
+                svg = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"></svg>'
+                return Section(self.name, self.title, blocks=[Figure("bad", "Bad.", svg, "image/svg+xml")])
+        """, "Scripted")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = run_audit(options=RunOptions(techniques=("predictions", "scripted")))
+    assert report.sections[0].error is None
+    assert report.sections[1].error == ("ValueError: figure 'bad': SVG with scripts, event handlers or "
+                                        "foreignObject is not allowed")
+    html = render_html(report)
+    assert "alert(1)" not in html and "espresso" in html
