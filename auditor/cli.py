@@ -118,8 +118,9 @@ def run(image_args: tuple[str, ...], image_opts: tuple[str, ...], techniques: st
                          **values)  # type: ignore[arg-type]
     try:
         from auditor.audit import run_audit
-        from auditor.report import write_report
+        from auditor.report import output_folder, write_report
 
+        output_folder(options.out)  # fail before the audit, not after it
         if options.tensorboard is not None:
             from auditor.tensorboard import require_tensorboard
 

@@ -129,3 +129,12 @@ def test_readme_documents_every_command_and_option() -> None:
             for flag in getattr(param, "opts", []) + getattr(param, "secondary_opts", []):
                 if flag.startswith("--") and flag != "--help":
                     assert flag in readme, f"{command.name} {flag}"
+
+
+def test_out_that_is_a_file_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = _invoke(runner, "run", str(BUNDLED_PHOTOS / "coffee.png"), "--out", str(tmp_path / "taken" / "sub"),
+                     "-t", "predictions", "--no-pdf")
+    assert result.exit_code == 1
+    assert f"Error: --out: cannot create the folder {tmp_path / 'taken' / 'sub'} (Not a directory)" in result.output
+    assert "Traceback" not in result.output
