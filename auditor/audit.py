@@ -143,6 +143,7 @@ def audit_record(
             "device": _describe_device(device),
         },
         "seed": options.seed,
+        "command": options.command_line(),
         "options": options.as_record(),
         "techniques": [
             {"name": s.technique, "seconds": round(s.seconds, 3), "status": "failed" if s.error else "ok"}

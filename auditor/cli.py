@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from auditor.config import RunOptions
+from auditor.config import RunOptions, config_defaults
 from auditor.errors import AuditorError
 
 EXIT_TECHNIQUE_FAILED = 3
@@ -41,6 +42,23 @@ def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
             raise click.BadParameter(f"{item!r} is not KEY=VALUE")
         pairs[key.strip()] = val.strip()
     return pairs
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Make the file's options the defaults of every other parameter, so command-line flags win."""
+    if value is not None:
+        try:
+            ctx.default_map = {**(ctx.default_map or {}), **config_defaults(Path(value))}
+        except AuditorError as error:
+            raise click.BadParameter(str(error).removeprefix("--config: ")) from None
+
+
+def options_from_params(params: dict[str, Any]) -> RunOptions:
+    """RunOptions from the `run` command's parsed parameters."""
+    values = dict(params)
+    images = (*values.pop("image_args"), *values.pop("image_opts"))
+    return RunOptions(images=images, techniques=_names(values.pop("techniques")), skip=_names(values.pop("skip")),
+                      **values)
 
 
 class _StderrWarnings(logging.Handler):
@@ -107,15 +125,15 @@ def cli() -> None:
               help="An option for a plugin technique (repeatable), read from options.extra.")
 @click.option("--strict", is_flag=True, help="Stop at the first failing technique and show its traceback "
                                              "(default: report the failure in its section and go on).")
-def run(image_args: tuple[str, ...], image_opts: tuple[str, ...], techniques: str | None, skip: str | None,
-        **values: object) -> None:
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
+              help="A TOML file of options (names as in the report's option list); flags given here win.")
+def run(**params: Any) -> None:
     """Audit a model on images and write the report.
 
     Exit status: 0 on success, 1 for bad input, 3 when the report was written but a technique failed.
     """
     _setup_logging()
-    options = RunOptions(images=(*image_args, *image_opts), techniques=_names(techniques), skip=_names(skip),
-                         **values)  # type: ignore[arg-type]
+    options = options_from_params(params)
     try:
         from auditor.audit import run_audit
         from auditor.report import output_folder, write_report

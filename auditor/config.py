@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from auditor.errors import AuditorError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -48,3 +57,53 @@ class RunOptions:
                 value = str(value)
             record[f.name] = value
         return record
+
+    def command_line(self) -> str:
+        """The `auditor run` command that reproduces these options (defaults left out)."""
+        defaults = RunOptions()
+        args = ["auditor", "run", *self.images]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "images" or value == getattr(defaults, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "extra":
+                args += [part for key, val in value.items() for part in ("--option", f"{key}={val}")]
+            elif isinstance(value, bool):
+                args.append(flag if value else f"--no-{f.name}")
+            elif isinstance(value, tuple):
+                args += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+            else:
+                args += [flag, str(value)]
+        return shlex.join(args)
+
+
+def config_defaults(path: Path) -> dict[str, Any]:
+    """Options from a TOML file, as defaults for the `run` command's parameters (flags still win).
+
+    Keys are RunOptions field names (`batch_size` or `batch-size`); lists are accepted where the
+    command line takes comma-separated values, and `[extra]` is a table of plugin options.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AuditorError(f"--config: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise AuditorError(f"--config: cannot read {path} as TOML ({error})") from None
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise AuditorError(f"--config: {path} has an unknown option {key!r}; known: {', '.join(sorted(known))}")
+        if name == "images":
+            defaults["image_opts"] = [value] if isinstance(value, str) else list(value)
+        elif name == "extra":
+            if not isinstance(value, dict):
+                raise AuditorError(f"--config: 'extra' in {path} must be a table of KEY = VALUE")
+            defaults["extra"] = [f"{k}={v}" for k, v in value.items()]
+        elif isinstance(value, list):
+            defaults[name] = ",".join(str(v) for v in value)
+        else:
+            defaults[name] = value
+    return defaults

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -137,4 +138,51 @@ def test_out_that_is_a_file_is_a_clear_error(runner: CliRunner, tmp_path: Path) 
                      "-t", "predictions", "--no-pdf")
     assert result.exit_code == 1
     assert f"Error: --out: cannot create the folder {tmp_path / 'taken' / 'sub'} (Not a directory)" in result.output
+    assert "Traceback" not in result.output
+
+
+def _parse_run(args: list[str]):
+    from auditor.cli import options_from_params, run
+
+    with run.make_context("run", args) as ctx:
+        return options_from_params(ctx.params)
+
+
+def test_recorded_command_line_reproduces_the_options() -> None:
+    from auditor.config import RunOptions
+
+    options = RunOptions(model="resnet18", weights="none", images=("a b.png", "photos"), mean=(0.5, 0.25, 0.125),
+                         pdf=False, figures=True, seed=3, techniques=("predictions", "architecture"),
+                         skip=("x",), top_k=3, extra={"k": "v w"}, input_size=160, out="out dir")
+    command = options.command_line()
+    assert command.startswith("auditor run 'a b.png' photos --model resnet18 --weights none --input-size 160 ")
+    assert "--no-pdf" in command and "--option 'k=v w'" in command
+    assert _parse_run(shlex.split(command)[2:]) == options
+    assert RunOptions().command_line() == "auditor run"
+
+
+def test_config_file_gives_defaults_and_flags_win(tmp_path: Path) -> None:
+    config = tmp_path / "audit.toml"
+    config.write_text('model = "resnet18"\nweights = "none"\nbatch-size = 2\nimages = ["x", "y"]\n'
+                      'techniques = ["predictions"]\nstd = [0.5, 0.5, 0.5]\n[extra]\nlevel = 3\n')
+    options = _parse_run(["--config", str(config), "--batch-size", "4"])
+    assert (options.model, options.weights, options.batch_size) == ("resnet18", "none", 4)
+    assert options.images == ("x", "y") and options.techniques == ("predictions",)
+    assert options.std == (0.5, 0.5, 0.5) and options.extra == {"level": "3"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("modle = 'resnet18'\n", "has an unknown option 'modle'; known: batch_size"),
+        ("model = \n", "cannot read"),
+        ("extra = 3\n", "'extra' in"),
+    ],
+)
+def test_bad_config_file_is_one_line(runner: CliRunner, tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "audit.toml"
+    config.write_text(content)
+    result = _invoke(runner, "run", "--config", str(config))
+    assert result.exit_code == 2
+    assert message in result.output and "Invalid value for '--config'" in result.output
     assert "Traceback" not in result.output
