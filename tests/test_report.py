@@ -243,3 +243,24 @@ def test_svg_with_a_script_fails_only_its_own_technique(tmp_path, monkeypatch) -
                                         "foreignObject is not allowed")
     html = render_html(report)
     assert "alert(1)" not in html and "espresso" in html
+
+
+def test_hostile_module_names_are_escaped_in_table_and_graph() -> None:
+    """ModuleDict keys are arbitrary strings: they reach the layer table and the Graphviz labels."""
+    from torch import nn
+
+    class Hostile(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts = nn.ModuleDict({"<script>alert(1)</script>": nn.Conv2d(3, 4, 3), 'q"b\\\\c': nn.ReLU()})
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = self.parts['q"b\\\\c'](self.parts["<script>alert(1)</script>"](x))
+            return self.fc(x.mean((2, 3)))
+
+    report = run_audit(load_model(Hostile()), options=RunOptions(techniques=("architecture",), graph_depth=2))
+    assert report.sections[0].error is None
+    html = render_html(report)
+    assert "<script" not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 2  # the table row and the graph box
