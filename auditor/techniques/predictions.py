@@ -46,7 +46,7 @@ class Predictions:
                 lines.append(f"folder {images.label_names[i]!r} matches no class name")
             cards.append(Card(
                 title=image_name,
-                image=to_jpeg(images.originals[i].resize((160, 160))),
+                image=to_jpeg(images.originals[i], quality=85),
                 mime="image/jpeg",
                 bars=[Bar(n, p, highlight=(n == truth)) for n, p in top],
                 lines=lines,
