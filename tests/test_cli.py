@@ -38,11 +38,20 @@ def test_run_writes_the_report(runner: CliRunner, tmp_path: Path) -> None:
                      "--techniques", "predictions", "--top-k", "3", "--seed", "3", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert f"html: {out / 'report.html'}" in result.output
+    assert "[1/1] predictions" not in result.output  # progress only on a terminal
     assert not (out / "report.pdf").exists()
     data = json.loads((out / "report.json").read_text())
     assert data["record"]["options"]["top_k"] == 3 and data["record"]["seed"] == 3
     top = data["sections"][0]["metrics"]["images"][0]["top"]
     assert [t["class"] for t in top][0] == "espresso" and len(top) == 3
+
+
+def test_progress_shows_on_a_terminal(monkeypatch, capsys) -> None:
+    from auditor import cli as cli_module
+
+    monkeypatch.setattr(cli_module.sys.stderr, "isatty", lambda: True)
+    cli_module._progress("grad-cam", 1, 4)
+    assert capsys.readouterr().err == "[2/4] grad-cam\n"
 
 
 def test_positional_images_and_mean_std_overrides(runner: CliRunner, tmp_path: Path) -> None:
