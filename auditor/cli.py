@@ -180,14 +180,14 @@ def techniques() -> None:
 @click.option("--depth", default=None, type=click.IntRange(1), help="Show modules down to this depth only.")
 def layers(model: str, weights: str, trust_pickle: bool, depth: int | None) -> None:
     """Print the module tree with the names that layer options accept."""
-    from auditor.layers import module_tree
+    from auditor.layers import layer_listing
     from auditor.models import load_model
 
     try:
         loaded = load_model(model, weights, trust_pickle=trust_pickle)
     except AuditorError as error:
         raise click.ClickException(str(error)) from None
-    for line in module_tree(loaded.module, depth):
+    for line in layer_listing(loaded.module, depth):
         click.echo(line)
 
 

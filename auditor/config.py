@@ -51,11 +51,7 @@ class RunOptions:
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Path):
-                value = str(value)
-            record[f.name] = value
+            record[f.name] = list(value) if isinstance(value, tuple) else value
         return record
 
     def command_line(self) -> str:

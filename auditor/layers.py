@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 
-def module_tree(model: nn.Module, depth: int | None = None) -> list[str]:
+def layer_listing(model: nn.Module, depth: int | None = None) -> list[str]:
     """One line per module: indented dotted name, type and parameter count (own and below)."""
     lines = []
     for name, module in model.named_modules():
