@@ -4,7 +4,9 @@ MACs follow torchinfo's convention so that totals can be checked against it: a c
 and bias elements are each used once per output position, a linear layer's once per output row, any
 other layer's parameters (batch norm, layer norm) once per sample; layers without parameters
 (activations, pooling, additions) count zero. Unlike torchinfo, a module that owns parameters and
-also has children (e.g. a Conv2d subclass with a padding child) still counts its own MACs.
+also has children (e.g. a Conv2d subclass with a padding child) still counts its own MACs, and
+nn.MultiheadAttention, which uses its weights through functional calls that no hook sees, counts its
+projections and its two attention products (QKᵀ and AV) itself.
 """
 
 from __future__ import annotations
@@ -78,8 +80,27 @@ def first_tensor(value: Any) -> torch.Tensor | None:
     return next((t for t in map(first_tensor, items) if t is not None), None)
 
 
-def macs(module: nn.Module, output: torch.Tensor) -> int:
+def attention_macs(module: nn.MultiheadAttention, output: torch.Tensor, inputs: tuple[Any, ...]) -> int:
+    """One call of multi-head attention: the q, k, v and output projections (weights and biases once
+    per token, as for a Linear layer) and the QKᵀ and AV products (targets x sources x embedding).
+
+    The output has the query's layout; the key comes from the positional inputs, and without it
+    (keyword arguments reach no hook) the call is taken as self-attention.
+    """
+    batched = output.dim() == 3
+    token_axis = 1 if batched and module.batch_first else 0
+    batch = output.shape[1 - token_axis] if batched else 1
+    key = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], torch.Tensor) else output
+    targets, sources = output.shape[token_axis], key.shape[token_axis]
+    embed = module.embed_dim
+    projections = 2 * targets * (embed * embed + embed) + sources * (embed * (module.kdim + module.vdim) + 2 * embed)
+    return batch * (projections + 2 * targets * sources * embed)
+
+
+def macs(module: nn.Module, output: torch.Tensor, inputs: tuple[Any, ...] = ()) -> int:
     """Multiply-accumulates of one call, from the parameters the module owns directly (see module doc)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return attention_macs(module, output, inputs)
     owned = sum(p.numel() for p in module.parameters(recurse=False))
     if not owned:
         return 0
@@ -98,11 +119,11 @@ def record_calls(module: nn.Module, example: torch.Tensor) -> dict[str, Calls]:
     calls = {name: Calls() for name, _ in module.named_modules()}
 
     def hook_for(name: str) -> ForwardHook:
-        def hook(sub: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+        def hook(sub: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             tensor = first_tensor(output)
             if tensor is not None:
                 calls[name].shapes.append(tuple(tensor.shape))
-                calls[name].macs += macs(sub, tensor)
+                calls[name].macs += macs(sub, tensor, inputs)
         return hook
 
     with forward_hooks([(sub, hook_for(name)) for name, sub in module.named_modules()]), torch.no_grad():

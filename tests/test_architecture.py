@@ -282,3 +282,54 @@ def test_default_model(lite0_model):
     assert "16×112×112" in svg and "3 × MBConvBlock" in svg
     assert m["graph"] == {"kind": "torch.fx", "depth": 1, "boxes": 13}
     assert hooks_everywhere(model) == 0
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_macs_by_hand(batch_first: bool):
+    """E=8, 2 heads, batch 2: self-attention over 5 tokens, then cross-attention from 5 to 3 tokens.
+
+    q and out projections: 5 * (8*8 + 8) each; k and v: tokens_kv * (8*8 + 8) each;
+    QKᵀ and AV: 2 * 5 * tokens_kv * 8. Per image, times a batch of 2.
+    """
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+
+        def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+            x = self.attention(x, x, x, need_weights=False)[0]
+            return self.attention(x, memory, memory, need_weights=False)[0]
+
+    def tokens(count: int) -> torch.Tensor:
+        return torch.zeros(2, count, 8) if batch_first else torch.zeros(count, 2, 8)
+
+    model = Attend().eval()
+    calls = record_calls_with(model, tokens(5), tokens(3))
+    expected_self = 2 * (4 * 5 * 72 + 2 * 5 * 5 * 8)
+    expected_cross = 2 * (2 * 5 * 72 + 2 * 3 * 72 + 2 * 5 * 3 * 8)
+    assert calls["attention"].macs == expected_self + expected_cross
+
+
+def record_calls_with(model: nn.Module, *inputs: torch.Tensor):
+    """record_calls for a model with several inputs: wrap them so that one example goes in."""
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, first: torch.Tensor) -> torch.Tensor:
+            return self.inner(first, *inputs[1:])
+
+    calls = record_calls(Wrapped(), inputs[0])
+    return {name.removeprefix("inner."): value for name, value in calls.items()}
+
+
+def test_vision_transformer_counts_its_attention():
+    """torchinfo misses MultiheadAttention's projections (functional calls); ours are in, by hand."""
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+    section = run(model, 32)
+    tokens, embed = 2 * 2 + 1, 8
+    attention = 4 * tokens * (embed * embed + embed) + 2 * tokens * tokens * embed
+    row = next(r for r in section.metrics["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention")
+    assert row["macs"] == attention

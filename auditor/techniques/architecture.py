@@ -72,7 +72,8 @@ def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str, tr
     table = ("The table lists every layer (and every module holding parameters itself) as measured by hooks "
              "during one forward pass of a single input. MACs follow torchinfo's convention: a convolution's or "
              "linear layer's weights and biases count once per output position, other layers' parameters (batch "
-             "norm) once per image, and layers without parameters (activations, pooling, additions) count zero; a "
+             "norm) once per image, and layers without parameters (activations, pooling, additions) count zero; "
+             "multi-head attention also counts its projections and attention products, which torchinfo misses; a "
              "module called several times counts once per call.")
     return "\n\n".join([overview, graph, table])
 
