@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -52,11 +52,12 @@ class AuditContext:
     def module(self) -> torch.nn.Module:
         return self.model.module
 
-    def batches(self) -> list[tuple[int, torch.Tensor]]:
-        """(start index, input batch on the device) covering every image, `--batch-size` at a time."""
+    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start index, input batch on the device), `--batch-size` at a time: one batch on the device at once."""
         size = max(1, self.options.batch_size)
         tensors = self.images.tensors
-        return [(start, tensors[start:start + size].to(self.device)) for start in range(0, len(tensors), size)]
+        for start in range(0, len(tensors), size):
+            yield start, tensors[start:start + size].to(self.device)
 
     @cached_property
     def forward(self) -> Forward:

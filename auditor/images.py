@@ -139,7 +139,7 @@ def _decode_all(
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
     class_names: Sequence[str],
 ) -> ImageSet:
-    tensors, originals, names, hashes, labels, label_names = [], [], [], [], [], []
+    tensors, originals, names, hashes, label_names = [], [], [], [], []
     skipped: list[tuple[str, str]] = []
     for path, name, label_name in entries:
         try:
@@ -160,11 +160,12 @@ def _decode_all(
         names.append(name)
         hashes.append(hashlib.sha256(data).hexdigest())
         label_names.append(label_name)
-        labels.append(match_label(label_name, class_names) if label_name is not None else None)
     if not tensors:
         listed = "; ".join(f"{name}: {reason}" for name, reason in skipped)
         raise AuditorError(f"--images: none of the files could be read as an image ({listed})")
-    unknown = sorted({n for n, i in zip(label_names, labels) if n is not None and i is None})
+    folders = {n: match_label(n, class_names) for n in set(label_names) if n is not None}
+    labels = [folders[n] if n is not None else None for n in label_names]
+    unknown = sorted(n for n, i in folders.items() if i is None)
     if unknown and class_names:
         log.warning("label folders that match no class name, shown without a true class: %s", ", ".join(unknown))
     return ImageSet(torch.stack(tensors), originals, names, hashes, labels, label_names, skipped)

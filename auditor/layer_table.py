@@ -204,11 +204,11 @@ def hyperparameters(module: nn.Module) -> str:
     return ", ".join(parts)
 
 
-def format_shape(shape: tuple[int, ...] | None, batch: bool = False) -> str:
-    """(1, 64, 56, 56) -> "64×56×56": the batch dimension of the single example is dropped by default."""
+def format_shape(shape: tuple[int, ...] | None) -> str:
+    """(1, 64, 56, 56) -> "64×56×56": the batch dimension of the single example is dropped."""
     if shape is None:
         return "not called"
-    dims = shape if batch or not shape else shape[1:]
+    dims = shape[1:]
     return "×".join(str(d) for d in dims) or "scalar"
 
 

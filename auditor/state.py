@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,7 +25,7 @@ def audit_mode(model: nn.Module, device: torch.device | None = None) -> Iterator
     training = {module: module.training for module in model.modules()}
     requires_grad = {param: param.requires_grad for param in model.parameters()}
     flags = requires_grad_flags(model)
-    original_device = next((t.device for t in _tensors(model)), None)
+    original_device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
     moved = device is not None and original_device is not None and device != original_device
     try:
         model.eval()
@@ -41,7 +42,3 @@ def audit_mode(model: nn.Module, device: torch.device | None = None) -> Iterator
         for module, flag in training.items():
             module.training = flag
 
-
-def _tensors(model: nn.Module) -> Iterator[torch.Tensor]:
-    yield from model.parameters()
-    yield from model.buffers()

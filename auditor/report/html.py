@@ -40,7 +40,7 @@ def _environment() -> Environment:
     )
     env.filters["data_uri"] = lambda block: data_uri(block.data if isinstance(block, Figure) else block.image,
                                                      block.mime)
-    env.filters["inline_svg"] = inline_svg
+    env.filters["page_svg"] = page_svg
     env.filters["number"] = format_number
     env.filters["option"] = format_option
     env.filters["paragraphs"] = lambda text: [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
@@ -51,7 +51,7 @@ def _environment() -> Environment:
     return env
 
 
-def inline_svg(figure: Figure, id_prefix: str) -> Markup:
+def page_svg(figure: Figure, id_prefix: str) -> Markup:
     """SVG markup to place in the page, its ids unique on the page.
 
     Any technique, a plugin's too, may return SVG: the report layer, not each technique, keeps

@@ -15,7 +15,7 @@ from auditor.graph import Graph, network_graph
 from auditor.graph_draw import graph_svg
 from auditor.layer_table import LayerRow, format_shape, layer_rows, model_bytes, record_calls
 from auditor.section import Figure, Section, Table
-from auditor.tensorboard import require_tensorboard, write_graph
+from auditor.tensorboard import write_graph
 
 COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "trainable", "share", "MACs"]
 
@@ -40,7 +40,11 @@ def layer_table(rows: list[LayerRow], model_name: str, input_text: str) -> Table
     total = sum(r.parameters for r in rows)
     footer = ["total", "", "", "", total, sum(r.trainable for r in rows), "100.00%", sum(r.macs for r in rows)]
     caption = (f"Layers of {model_name} with their key hyper-parameters, output shape, parameters and "
-               f"multiply-accumulate operations (MACs) for one {input_text} input; totals in the last row.")
+               f"multiply-accumulate operations (MACs) for one {input_text} input, measured by hooks during one "
+               f"forward pass; totals in the last row. MACs follow torchinfo's convention (convolution and linear "
+               f"weights and biases once per output position, batch norm once per image, layers without "
+               f"parameters zero), plus multi-head attention's projections and attention products, which "
+               f"torchinfo misses; a module called several times counts once per call.")
     return Table("architecture-layers", caption, COLUMNS, [table_row(r, total) for r in rows], footer)
 
 
@@ -50,7 +54,8 @@ def graph_figure(graph: Graph, model_name: str, input_text: str, traced: bool, d
         caption = (f"Data-flow graph of {model_name} for one {input_text} input, traced with torch.fx: each box is "
                    f"a module call or tensor operation with its output shape (channels×height×width), and "
                    f"consecutive calls in one module with the same output shape share a box, “N ×” marking "
-                   f"N repeated blocks.")
+                   f"N repeated blocks. Blue: layers; green: blocks of layers (--graph-depth opens them); yellow: "
+                   f"tensor operations such as residual additions.")
     else:
         caption = (f"Module hierarchy of {model_name} to depth {depth}, with each module's output shape for one "
                    f"{input_text} input; consecutive sibling modules of one type and output shape share a box.")
@@ -59,23 +64,12 @@ def graph_figure(graph: Graph, model_name: str, input_text: str, traced: bool, d
     return Figure(key, caption, svg.encode("utf-8"), "image/svg+xml", alt)
 
 
-def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str, traced: bool) -> str:
-    overview = (f"{model_name} has {totals['total_parameters']:,} parameters "
-                f"({totals['trainable_parameters']:,} trainable) taking {totals['model_size_mb']:.1f} MB "
-                f"with its buffers (1 MB = 10⁶ bytes), and one {input_text} input costs "
-                f"{totals['total_macs'] / 1e9:.3f} billion multiply-accumulate operations (MACs).")
-    graph = ("The graph follows the data from the input to the output as torch.fx traced it. Blue boxes are "
-             "layers, green boxes blocks of layers, yellow boxes tensor operations such as residual additions; "
-             "--graph-depth opens blocks up." if traced else
-             "The graph shows how modules nest rather than how data flows, because torch.fx could not trace "
-             "the forward pass (see the note below).")
-    table = ("The table lists every layer (and every module holding parameters itself) as measured by hooks "
-             "during one forward pass of a single input. MACs follow torchinfo's convention: a convolution's or "
-             "linear layer's weights and biases count once per output position, other layers' parameters (batch "
-             "norm) once per image, and layers without parameters (activations, pooling, additions) count zero; "
-             "multi-head attention also counts its projections and attention products, which torchinfo misses; a "
-             "module called several times counts once per call.")
-    return "\n\n".join([overview, graph, table])
+def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str) -> str:
+    """The numbers in one sentence; what the figure and table show is in their captions, for a thesis."""
+    return (f"{model_name} has {totals['total_parameters']:,} parameters "
+            f"({totals['trainable_parameters']:,} trainable) taking {totals['model_size_mb']:.1f} MB "
+            f"with its buffers (1 MB = 10⁶ bytes), and one {input_text} input costs "
+            f"{totals['total_macs'] / 1e9:.3f} billion multiply-accumulate operations (MACs).")
 
 
 class Architecture:
@@ -86,8 +80,6 @@ class Architecture:
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:
         if options.graph_depth < 1:
             raise AuditorError(f"--graph-depth must be 1 or more, not {options.graph_depth}")
-        if options.tensorboard:
-            require_tensorboard()  # fail before the work, not after
         module: nn.Module = ctx.module
         model_name = ctx.model.name
         example = example_input(ctx)
@@ -118,5 +110,5 @@ class Architecture:
         }
         blocks = [graph_figure(graph, model_name, input_text, untraceable is None, options.graph_depth),
                   layer_table(rows, model_name, input_text)]
-        return Section(self.name, self.title, text=summary_text(model_name, totals, input_text, untraceable is None),
+        return Section(self.name, self.title, text=summary_text(model_name, totals, input_text),
                        blocks=blocks, metrics=metrics, notes=notes)
