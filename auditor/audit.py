@@ -20,7 +20,7 @@ from auditor.config import RunOptions
 from auditor.context import AuditContext, resolve_device
 from auditor.images import ImageSet, load_images
 from auditor.models import LoadedModel, load_model
-from auditor.registry import discover, select
+from auditor.registry import declared_options, discover, select
 from auditor.section import Figure, Section
 from auditor.svg import check_passive
 from auditor.state import audit_mode
@@ -57,7 +57,9 @@ def run_audit(
     A technique that raises becomes a Section carrying its error (unless options.strict), so one
     failure never loses the rest of the report. The model is returned exactly as it was given.
     """
-    options = options or RunOptions()
+    available = discover()
+    options = (options or RunOptions()).with_declared(declared_options(available))  # bad values fail first
+    techniques = select(available, options.techniques, options.skip)
     started = time.perf_counter()
     when = datetime.now(timezone.utc)
     seed_everything(options.seed)  # first: random weights (--weights none) depend on it too
@@ -67,7 +69,6 @@ def run_audit(
     if images is None:
         images = load_images(options.images or None, model.preprocess, model.class_names)
     device = resolve_device(options.device)
-    techniques = select(discover(), options.techniques, options.skip)
     sections: list[Section] = []
     with audit_mode(model.module, device) as requires_grad:
         ctx = AuditContext(model, images, options, device, requires_grad)

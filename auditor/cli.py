@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import click
 
 from auditor.config import RunOptions, config_defaults
 from auditor.errors import AuditorError
+from auditor.options import Option
 
 EXIT_TECHNIQUE_FAILED = 3
 
@@ -44,21 +46,66 @@ def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
     return pairs
 
 
+def _technique_options() -> tuple[Option, ...]:
+    """The options every registered technique declares (no torch import: see auditor.sections)."""
+    from auditor.registry import declared_options, discover
+
+    return declared_options(discover())
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """Make the file's options the defaults of every other parameter, so command-line flags win."""
     if value is not None:
         try:
-            ctx.default_map = {**(ctx.default_map or {}), **config_defaults(Path(value))}
+            defaults = config_defaults(Path(value), _technique_options())
         except AuditorError as error:
             raise click.BadParameter(str(error).removeprefix("--config: ")) from None
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _click_option(option: Option) -> click.Option:
+    """A declared technique option as a click flag; its own parser checks the value (also from --config)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            return option.parse(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+
+    shown = option.format(option.default) or "automatic"
+    if option.kind == "flag":
+        return click.Option([f"{option.flag}/--no-{option.name}", option.key], default=None, callback=parse,
+                            help=f"{option.help} [default: {shown}]")
+    metavar = option.metavar or ("|".join(option.choices) if option.choices else "TEXT")
+    return click.Option([option.flag, option.key], default=None, type=click.UNPROCESSED, callback=parse,
+                        metavar=metavar, help=f"{option.help} [default: {shown}]")
+
+
+class RunCommand(click.Command):
+    """`auditor run`, whose flags also include every option the registered techniques declare.
+
+    They are read per invocation, not at import, so an installed plugin's options appear at once
+    and a broken plugin is a one-line error of `run` alone.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if "auditor.declared" not in ctx.meta:
+            try:
+                ctx.meta["auditor.declared"] = [_click_option(option) for option in _technique_options()]
+            except AuditorError as error:
+                raise click.ClickException(str(error)) from None
+        params = super().get_params(ctx)  # ours, then --help
+        return [*params[:len(self.params)], *ctx.meta["auditor.declared"], *params[len(self.params):]]
 
 
 def options_from_params(params: dict[str, Any]) -> RunOptions:
-    """RunOptions from the `run` command's parsed parameters."""
+    """RunOptions from the `run` command's parsed parameters: core fields, and technique options given."""
     values = dict(params)
     images = (*values.pop("image_args"), *values.pop("image_opts"))
+    core = {f.name for f in dataclasses.fields(RunOptions)}
+    settings = {key: values.pop(key) for key in list(values) if key not in core}
     return RunOptions(images=images, techniques=_names(values.pop("techniques")), skip=_names(values.pop("skip")),
-                      **values)
+                      settings={k: v for k, v in settings.items() if v is not None}, **values)
 
 
 class _StderrWarnings(logging.Handler):
@@ -86,7 +133,7 @@ def cli() -> None:
     """Audit a PyTorch image classifier: one self-contained HTML (and PDF) report of what it looks at."""
 
 
-@cli.command()
+@cli.command(cls=RunCommand)
 @click.argument("image_args", metavar="[IMAGES]...", nargs=-1, type=click.Path())
 @click.option("--model", "-m", default="efficientnet_lite0", show_default=True,
               help="efficientnet_lite0 (built in, ImageNet weights), a torchvision model name (resnet50, vgg16, ...), "
@@ -117,12 +164,10 @@ def cli() -> None:
                                                        "`auditor techniques`).")
 @click.option("--skip", default=None, help="Comma-separated techniques not to run.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Classes listed per image.")
-@click.option("--graph-depth", default=1, show_default=True, type=click.IntRange(1, 20),
-              help="Architecture graph: how many module levels to expand (1 collapses repeated blocks).")
 @click.option("--tensorboard", type=click.Path(file_okay=False),
               help="Also write the model graph as a TensorBoard event file into this folder (needs tensorboard).")
 @click.option("--option", "extra", multiple=True, callback=_key_values, metavar="KEY=VALUE",
-              help="An option for a plugin technique (repeatable), read from options.extra.")
+              help="An option for a plugin technique that declares none (repeatable), read from options.extra.")
 @click.option("--strict", is_flag=True, help="Stop at the first failing technique and show its traceback "
                                              "(default: report the failure in its section and go on).")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,

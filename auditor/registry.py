@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from auditor.errors import AuditorError, TechniqueClashError
+from auditor.options import Option, declared
 
 if TYPE_CHECKING:
     from auditor.config import RunOptions
@@ -26,14 +27,26 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
-    "auditor.techniques.predictions:Predictions",
-    "auditor.techniques.architecture:Architecture",
+    "auditor.sections.predictions:Predictions",
+    "auditor.sections.architecture:Architecture",
 )
+
+# Flags of `auditor run` itself, which no technique option may take.
+CORE_FLAGS = frozenset({
+    "model", "weights", "trust-pickle", "images", "labels", "input-size", "mean", "std", "out", "pdf", "figures",
+    "device", "seed", "batch-size", "techniques", "skip", "top-k", "tensorboard", "option", "strict", "config",
+    "help", "version",
+})
 
 
 @runtime_checkable
 class Technique(Protocol):
-    """A visualization technique. `run` returns a Section of plain data and leaves the model as it was."""
+    """A visualization technique. `run` returns a Section of plain data and leaves the model as it was.
+
+    It may also declare `options: ClassVar[tuple[Option, ...]]`: each becomes an `auditor run` flag,
+    a config-file key and a line of the audit record; `run` reads the values with `options.of(self)`.
+    Keep the module light to import (torch inside `run`): `auditor run --help` reads the declarations.
+    """
 
     name: ClassVar[str]  # CLI key, e.g. "grad-cam"
     title: ClassVar[str]  # section heading
@@ -61,6 +74,9 @@ def discover() -> dict[str, Registered]:
         for attribute in ("name", "title", "summary", "run"):
             if not hasattr(technique, attribute):
                 raise AuditorError(f"technique from {source} has no {attribute!r}; see the README's plugin guide")
+        if not all(isinstance(o, Option) for o in declared(technique)):
+            raise AuditorError(f"technique {technique.name!r} from {source}: `options` must be a tuple of "
+                               f"auditor.options.Option")
         if technique.name in found:
             raise TechniqueClashError(
                 f"two techniques are named {technique.name!r}: {found[technique.name].source} and {source}; "
@@ -90,3 +106,18 @@ def select(available: dict[str, Registered], only: tuple[str, ...], skip: tuple[
                 f"(see `auditor techniques`)"
             )
     return [r.technique for n, r in available.items() if (not only or n in only) and n not in skip]
+
+
+def declared_options(available: dict[str, Registered]) -> tuple[Option, ...]:
+    """Every technique's own options, in registry order. A flag taken twice is an error naming both owners."""
+    owners: dict[str, str] = {flag: "auditor run" for flag in CORE_FLAGS}
+    found: list[Option] = []
+    for name, registered in available.items():
+        for option in declared(registered.technique):
+            owner = f"technique {name!r} ({registered.source})"
+            if option.name in owners:
+                raise TechniqueClashError(f"--{option.name} is declared twice: by {owners[option.name]} and by "
+                                          f"{owner}; uninstall one plugin or rename its option")
+            owners[option.name] = owner
+            found.append(option)
+    return tuple(found)

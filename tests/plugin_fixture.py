@@ -39,3 +39,28 @@ def install_fake_plugin(folder: Path, name: str = "echo") -> None:
     imported modules across tests."""
     install_plugin(folder, name, f"fake_plugin_{name.replace('-', '_')}", PLUGIN_SOURCE.format(name=name),
                    "EchoTechnique")
+
+
+DECLARING_PLUGIN_SOURCE = '''
+from auditor.options import Option
+from auditor.section import Section
+
+
+class Levels:
+    name = "levels"
+    title = "Levels"
+    summary = "Echoes its declared options (a test plugin)."
+    options = (
+        Option("levels-depth", "How deep to look.", default=2, kind="int", low=1, metavar="N"),
+        Option("levels-layers", "Layers to show.", default=(), kind="names", metavar="A,B"),
+        Option("levels-mode", "How to look.", default="fast", kind="choice", choices=("fast", "slow")),
+    )
+
+    def run(self, ctx, options):
+        return Section(self.name, self.title, metrics=options.of(self))
+'''
+
+
+def install_declaring_plugin(folder: Path) -> None:
+    """A plugin technique `levels` that declares three options (int, names, choice)."""
+    install_plugin(folder, "levels", "fake_plugin_levels", DECLARING_PLUGIN_SOURCE, "Levels")

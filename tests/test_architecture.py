@@ -23,7 +23,7 @@ from auditor.models import LoadedModel
 from auditor.preprocess import Preprocess
 from auditor.section import Section
 from auditor.state import requires_grad_flags
-from auditor.techniques.architecture import Architecture
+from auditor.sections.architecture import Architecture
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -71,7 +71,7 @@ def context(module: nn.Module, size: int, **options: Any) -> tuple[AuditContext,
     """A context with no images, so the technique feeds one zero input of size x size."""
     loaded = LoadedModel(module, Preprocess(resize=size, crop=size), [], type(module).__name__, "test", "module", "")
     images = ImageSet(torch.empty(0, 3, size, size), [], [], [], [], [])
-    run_options = RunOptions(device="cpu", **options)
+    run_options = RunOptions(device="cpu", **options).with_declared(Architecture.options)
     return AuditContext(loaded, images, run_options, torch.device("cpu"), requires_grad_flags(module)), run_options
 
 
@@ -246,7 +246,7 @@ def test_hooks_are_removed_when_the_forward_raises():
 
 def test_graph_depth_below_one_is_a_user_error():
     with pytest.raises(AuditorError, match="--graph-depth"):
-        run(HandNet(), 8, graph_depth=0)
+        run(HandNet(), 8, settings={"graph_depth": 0})
 
 
 def test_network_graph_reports_why_fx_failed():

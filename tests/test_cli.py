@@ -135,7 +135,7 @@ def test_readme_documents_every_command_and_option() -> None:
     readme = (ROOT / "README.md").read_text()
     for command in _commands():
         assert f"auditor {command.name}" in readme, command.name
-        for param in command.params:
+        for param in command.get_params(click.Context(command)):  # technique options too
             for flag in getattr(param, "opts", []) + getattr(param, "secondary_opts", []):
                 if flag.startswith("--") and flag != "--help":
                     assert flag in readme, f"{command.name} {flag}"

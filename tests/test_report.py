@@ -259,7 +259,8 @@ def test_hostile_module_names_are_escaped_in_table_and_graph() -> None:
             x = self.parts['q"b\\\\c'](self.parts["<script>alert(1)</script>"](x))
             return self.fc(x.mean((2, 3)))
 
-    report = run_audit(load_model(Hostile()), options=RunOptions(techniques=("architecture",), graph_depth=2))
+    options = RunOptions(techniques=("architecture",), settings={"graph_depth": 2})
+    report = run_audit(load_model(Hostile()), options=options)
     assert report.sections[0].error is None
     html = render_html(report)
     assert "<script" not in html

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from auditor.config import RunOptions
 from auditor.context import AuditContext
-from auditor.errors import AuditorError
 from auditor.graph import Graph, network_graph
 from auditor.graph_draw import graph_svg
 from auditor.layer_table import LayerRow, format_shape, layer_rows, model_bytes, record_calls
@@ -18,6 +16,9 @@ from auditor.section import Figure, Section, Table
 from auditor.tensorboard import write_graph
 
 COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "trainable", "share", "MACs"]
+
+
+TITLE = "Architecture"
 
 
 def example_input(ctx: AuditContext) -> torch.Tensor:
@@ -72,43 +73,37 @@ def summary_text(model_name: str, totals: Mapping[str, Any], input_text: str) ->
             f"{totals['total_macs'] / 1e9:.3f} billion multiply-accumulate operations (MACs).")
 
 
-class Architecture:
-    name: ClassVar[str] = "architecture"
-    title: ClassVar[str] = "Architecture"
-    summary: ClassVar[str] = "Layer table with shapes, parameters and MACs, and a graph of the network."
-
-    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
-        if options.graph_depth < 1:
-            raise AuditorError(f"--graph-depth must be 1 or more, not {options.graph_depth}")
-        module: nn.Module = ctx.module
-        model_name = ctx.model.name
-        example = example_input(ctx)
-        input_text = format_shape(tuple(example.shape))
-        calls = record_calls(module, example)
-        # Trainable as the user set it: the audit itself runs with every parameter frozen.
-        rows = layer_rows(module, calls, ctx.requires_grad)
-        graph, untraceable = network_graph(module, example, calls, options.graph_depth)
-        totals = {
-            "total_parameters": sum(r.parameters for r in rows),
-            "trainable_parameters": sum(r.trainable for r in rows),
-            "total_macs": sum(r.macs for r in rows),
-            "model_size_mb": model_bytes(module) / 1e6,
-        }
-        notes = []
-        if untraceable is not None:
-            notes.append(f"torch.fx could not trace {model_name} ({untraceable}), so the figure shows the module "
-                         f"tree instead of the data flow.")
-        if options.tensorboard:
-            failed = write_graph(module, example, options.tensorboard)
-            notes.append(failed or f"The graph was also written for TensorBoard to {options.tensorboard}.")
-        metrics = {
-            **totals,
-            "input_size": list(example.shape[1:]),
-            "graph": {"kind": "module tree" if untraceable else "torch.fx", "depth": options.graph_depth,
-                      "boxes": len(graph.boxes)},
-            "layers": [r.as_dict(totals["total_parameters"]) for r in rows],
-        }
-        blocks = [graph_figure(graph, model_name, input_text, untraceable is None, options.graph_depth),
-                  layer_table(rows, model_name, input_text)]
-        return Section(self.name, self.title, text=summary_text(model_name, totals, input_text),
-                       blocks=blocks, metrics=metrics, notes=notes)
+def architecture_section(ctx: AuditContext, graph_depth: int, tensorboard: str | None) -> Section:
+    """The layer table and the graph of `ctx`'s model, from one hooked forward pass and one fx trace."""
+    module: nn.Module = ctx.module
+    model_name = ctx.model.name
+    example = example_input(ctx)
+    input_text = format_shape(tuple(example.shape))
+    calls = record_calls(module, example)
+    # Trainable as the user set it: the audit itself runs with every parameter frozen.
+    rows = layer_rows(module, calls, ctx.requires_grad)
+    graph, untraceable = network_graph(module, example, calls, graph_depth)
+    totals = {
+        "total_parameters": sum(r.parameters for r in rows),
+        "trainable_parameters": sum(r.trainable for r in rows),
+        "total_macs": sum(r.macs for r in rows),
+        "model_size_mb": model_bytes(module) / 1e6,
+    }
+    notes = []
+    if untraceable is not None:
+        notes.append(f"torch.fx could not trace {model_name} ({untraceable}), so the figure shows the module "
+                     f"tree instead of the data flow.")
+    if tensorboard:
+        failed = write_graph(module, example, tensorboard)
+        notes.append(failed or f"The graph was also written for TensorBoard to {tensorboard}.")
+    metrics = {
+        **totals,
+        "input_size": list(example.shape[1:]),
+        "graph": {"kind": "module tree" if untraceable else "torch.fx", "depth": graph_depth,
+                  "boxes": len(graph.boxes)},
+        "layers": [r.as_dict(totals["total_parameters"]) for r in rows],
+    }
+    blocks = [graph_figure(graph, model_name, input_text, untraceable is None, graph_depth),
+              layer_table(rows, model_name, input_text)]
+    return Section("architecture", TITLE, text=summary_text(model_name, totals, input_text),
+                   blocks=blocks, metrics=metrics, notes=notes)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from auditor.config import RunOptions
-from auditor.context import AuditContext
-from auditor.render import to_jpeg
 from auditor.section import Bar, Card, Cards, Section, Table
+
+if TYPE_CHECKING:
+    import torch
+
+    from auditor.config import RunOptions
+    from auditor.context import AuditContext
 
 
 def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, float | int] | None:
@@ -28,6 +29,8 @@ class Predictions:
     summary: ClassVar[str] = "Top-k classes and probabilities for every image; accuracy when labels are known."
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.render import to_jpeg
+
         forward = ctx.forward
         names = ctx.class_names
         images = ctx.images

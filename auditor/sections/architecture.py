@@ -1,0 +1,27 @@
+"""The architecture section: layer table and graph (auditor.techniques.architecture does the work)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from auditor.options import Option
+
+if TYPE_CHECKING:
+    from auditor.config import RunOptions
+    from auditor.context import AuditContext
+    from auditor.section import Section
+
+
+class Architecture:
+    name: ClassVar[str] = "architecture"
+    title: ClassVar[str] = "Architecture"
+    summary: ClassVar[str] = "Layer table with shapes, parameters and MACs, and a graph of the network."
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("graph-depth", "Architecture graph: how many module levels to expand (1 collapses repeated "
+                              "blocks).", default=1, kind="int", low=1, high=20, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.techniques.architecture import architecture_section
+
+        return architecture_section(ctx, options.of(self)["graph_depth"], options.tensorboard)
