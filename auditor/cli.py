@@ -164,6 +164,8 @@ def cli() -> None:
                                                        "`auditor techniques`).")
 @click.option("--skip", default=None, help="Comma-separated techniques not to run.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Classes listed per image.")
+@click.option("--gallery-images", default=6, show_default=True, type=click.IntRange(1, 1000),
+              help="Images shown in each technique's figures (every number still counts all images).")
 @click.option("--tensorboard", type=click.Path(file_okay=False),
               help="Also write the model graph as a TensorBoard event file into this folder (needs tensorboard).")
 @click.option("--option", "extra", multiple=True, callback=_key_values, metavar="KEY=VALUE",

@@ -39,6 +39,7 @@ class RunOptions:
     techniques: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     top_k: int = 5
+    gallery_images: int = 6
     tensorboard: str | None = None
     strict: bool = False
     settings: dict[str, Any] = field(default_factory=dict)  # options the techniques declare, by key

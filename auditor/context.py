@@ -59,6 +59,10 @@ class AuditContext:
         for start in range(0, len(tensors), size):
             yield start, tensors[start:start + size].to(self.device)
 
+    def gallery_indices(self) -> list[int]:
+        """The images a gallery shows: the first `--gallery-images` in file order (every number counts all)."""
+        return list(range(min(len(self.images), self.options.gallery_images)))
+
     @cached_property
     def forward(self) -> Forward:
         """One batched, gradient-free forward pass over all images, computed once and shared."""

@@ -11,32 +11,33 @@ TechniqueClashError that names both.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
+from auditor.config import RunOptions
 from auditor.errors import AuditorError, TechniqueClashError
 from auditor.options import Option, declared
 
 if TYPE_CHECKING:
-    from auditor.config import RunOptions
     from auditor.context import AuditContext
     from auditor.section import Section
 
 ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
-    "auditor.sections.predictions:Predictions",
+    "auditor.builtins:Predictions",
     "auditor.sections.architecture:Architecture",
+    "auditor.builtins:Kernels",
+    "auditor.builtins:FeatureMaps",
+    "auditor.builtins:Reconstructions",
 )
 
 # Flags of `auditor run` itself, which no technique option may take.
-CORE_FLAGS = frozenset({
-    "model", "weights", "trust-pickle", "images", "labels", "input-size", "mean", "std", "out", "pdf", "figures",
-    "device", "seed", "batch-size", "techniques", "skip", "top-k", "tensorboard", "option", "strict", "config",
-    "help", "version",
-})
+CORE_FLAGS = frozenset({f.name.replace("_", "-") for f in dataclasses.fields(RunOptions)}
+                       | {"option", "config", "help", "version", "no-pdf"})
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ except image bytes, which report.json replaces by figure file names and captions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     footer: list[Any] | None = None
+    # A folded table is one click away in the HTML (a closed <details>) and a one-line pointer in the
+    # PDF; it stays whole in report.json and the CSV. `unfold` says how to print it, e.g. "--table-depth 0".
+    folded: bool = False
+    unfold: str = ""
 
 
 @dataclass
@@ -69,6 +73,13 @@ class Cards:
 
 
 Block = Union[Figure, Table, Cards]
+
+
+class Heading(Protocol):
+    """What a section builder needs of its technique: the CLI key and the heading."""
+
+    name: str
+    title: str
 
 
 @dataclass

@@ -1,5 +1,4 @@
-"""Built-in report sections: each a thin Technique wrapper over pure functions in auditor.techniques.
+"""Section builders: each turns a technique's results (auditor.techniques) into a report Section.
 
-These modules import torch only inside `run`, so `auditor run --help` can read every technique's
-declared options at once.
+The Technique classes that call them are declared in auditor.builtins, which stays light to import.
 """

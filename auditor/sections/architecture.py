@@ -19,9 +19,14 @@ class Architecture:
     options: ClassVar[tuple[Option, ...]] = (
         Option("graph-depth", "Architecture graph: how many module levels to expand (1 collapses repeated "
                               "blocks).", default=1, kind="int", low=1, high=20, metavar="N"),
+        Option("table-depth", "Architecture table: how many module levels to show, each row with the totals of "
+                              "what it holds (1: the graph's top level, repeated blocks collapsed); the full "
+                              "per-module table is folded in the HTML and left out of the PDF, and 0 shows it "
+                              "instead.", default=1, kind="int", low=0, high=20, metavar="N"),
     )
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:
         from auditor.techniques.architecture import architecture_section
 
-        return architecture_section(ctx, options.of(self)["graph_depth"], options.tensorboard)
+        settings = options.of(self)
+        return architecture_section(ctx, settings["graph_depth"], options.tensorboard, settings["table_depth"])

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import torch
 
-from auditor.section import Bar, Card, Cards, Section, Table
-
-if TYPE_CHECKING:
-    import torch
-
-    from auditor.config import RunOptions
-    from auditor.context import AuditContext
+from auditor.context import AuditContext
+from auditor.render import to_jpeg
+from auditor.section import Bar, Card, Cards, Heading, Section, Table
 
 
 def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, float | int] | None:
@@ -23,55 +19,49 @@ def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, f
     return {"labelled_images": len(known), "top1": top1, f"top{top_indices.shape[1]}": topk}
 
 
-class Predictions:
-    name: ClassVar[str] = "predictions"
-    title: ClassVar[str] = "Predictions"
-    summary: ClassVar[str] = "Top-k classes and probabilities for every image; accuracy when labels are known."
-
-    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
-        from auditor.render import to_jpeg
-
-        forward = ctx.forward
-        names = ctx.class_names
-        images = ctx.images
-        k = forward.top_indices.shape[1]
-        cards, rows, per_image = [], [], []
-        for i, image_name in enumerate(images.names):
-            top = [(names[j], float(p)) for j, p in zip(forward.top_indices[i].tolist(), forward.top_probabilities[i])]
-            label = images.labels[i]
-            truth = names[label] if label is not None else None
-            correct = None if label is None else int(forward.top_indices[i, 0]) == label
-            badge = "" if correct is None else ("correct" if correct else "incorrect")
-            lines = []
-            if truth is not None:
-                lines.append(f"true class: {truth} (p = {float(forward.probabilities[i, label]):.3f})")
-            elif images.label_names[i] is not None:
-                lines.append(f"folder {images.label_names[i]!r} matches no class name")
-            cards.append(Card(
-                title=image_name,
-                image=to_jpeg(images.originals[i], quality=85),
-                mime="image/jpeg",
-                bars=[Bar(n, p, highlight=(n == truth)) for n, p in top],
-                lines=lines,
-                badge=badge,
-                badge_ok=correct,
-            ))
-            row = [image_name, top[0][0], round(top[0][1], 3)]
-            rows.append(row + [truth, badge or None] if images.has_labels else row)
-            per_image.append({"image": image_name, "top": [{"class": n, "probability": p} for n, p in top],
-                              "true_class": truth, "correct": correct})
-        metrics: dict[str, object] = {"images": per_image}
-        text = (f"The model's {k} most probable classes for each of the {len(images)} images, "
-                f"from one batched forward pass.")
-        found = accuracy(forward.top_indices, images.labels)
-        if found is not None:
-            metrics["accuracy"] = found
-            text += (f" Over the {found['labelled_images']} images with a known class, top-1 accuracy is "
-                     f"{found['top1']:.1%} and top-{k} accuracy {found[f'top{k}']:.1%}.")
-        blocks = [
-            Cards("predictions", f"Top-{k} predicted classes and probabilities for each image.", cards),
-            Table("predictions-summary", "Top-1 prediction for each image.",
-                  ["image", "top-1 class", "probability"] + (["true class", "verdict"] if images.has_labels else []),
-                  rows),
-        ]
-        return Section(self.name, self.title, text=text, blocks=blocks, metrics=metrics)
+def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
+    """Cards with each image's top-k classes, a summary table, and accuracy when labels are known."""
+    forward = ctx.forward
+    names = ctx.class_names
+    images = ctx.images
+    k = forward.top_indices.shape[1]
+    cards, rows, per_image = [], [], []
+    for i, image_name in enumerate(images.names):
+        top = [(names[j], float(p)) for j, p in zip(forward.top_indices[i].tolist(), forward.top_probabilities[i])]
+        label = images.labels[i]
+        truth = names[label] if label is not None else None
+        correct = None if label is None else int(forward.top_indices[i, 0]) == label
+        badge = "" if correct is None else ("correct" if correct else "incorrect")
+        lines = []
+        if truth is not None:
+            lines.append(f"true class: {truth} (p = {float(forward.probabilities[i, label]):.3f})")
+        elif images.label_names[i] is not None:
+            lines.append(f"folder {images.label_names[i]!r} matches no class name")
+        cards.append(Card(
+            title=image_name,
+            image=to_jpeg(images.originals[i], quality=85),
+            mime="image/jpeg",
+            bars=[Bar(n, p, highlight=(n == truth)) for n, p in top],
+            lines=lines,
+            badge=badge,
+            badge_ok=correct,
+        ))
+        row = [image_name, top[0][0], round(top[0][1], 3)]
+        rows.append(row + [truth, badge or None] if images.has_labels else row)
+        per_image.append({"image": image_name, "top": [{"class": n, "probability": p} for n, p in top],
+                          "true_class": truth, "correct": correct})
+    metrics: dict[str, object] = {"images": per_image}
+    text = (f"The model's {k} most probable classes for each of the {len(images)} images, "
+            f"from one batched forward pass.")
+    found = accuracy(forward.top_indices, images.labels)
+    if found is not None:
+        metrics["accuracy"] = found
+        text += (f" Over the {found['labelled_images']} images with a known class, top-1 accuracy is "
+                 f"{found['top1']:.1%} and top-{k} accuracy {found[f'top{k}']:.1%}.")
+    blocks = [
+        Cards("predictions", f"Top-{k} predicted classes and probabilities for each image.", cards),
+        Table("predictions-summary", "Top-1 prediction for each image.",
+              ["image", "top-1 class", "probability"] + (["true class", "verdict"] if images.has_labels else []),
+              rows),
+    ]
+    return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics)

@@ -1,0 +1,80 @@
+"""The built-in techniques: names, headings, summaries and declared options, in report order.
+
+This module stays light (no torch, numpy or matplotlib at import) because `auditor run --help` and
+`auditor techniques` read every declaration; each `run` imports its section builder from
+auditor.sections, which in turn calls the pure functions of auditor.techniques.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from auditor.options import Option
+
+if TYPE_CHECKING:
+    from auditor.config import RunOptions
+    from auditor.context import AuditContext
+    from auditor.section import Section
+
+
+class Predictions:
+    name: ClassVar[str] = "predictions"
+    title: ClassVar[str] = "Predictions"
+    summary: ClassVar[str] = "Top-k classes and probabilities for every image; accuracy when labels are known."
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.predictions import predictions_section
+
+        return predictions_section(self, ctx)
+
+
+class Kernels:
+    name: ClassVar[str] = "kernels"
+    title: ClassVar[str] = "Convolution kernels"
+    summary: ClassVar[str] = "The weights of chosen conv layers as image grids (first layer in colour)."
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("kernel-layers", "Conv layers whose weights to draw (dotted names, see `auditor layers`). Default: "
+                                "the first conv layer, a middle and the last one.", default=(), kind="names",
+               metavar="A,B"),
+        Option("kernel-count", "Filters drawn per layer, in filter order.", default=64, kind="int", low=1,
+               metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.kernels import kernels_section
+
+        return kernels_section(self, ctx, options.of(self))
+
+
+class FeatureMaps:
+    name: ClassVar[str] = "feature-maps"
+    title: ClassVar[str] = "Feature maps"
+    summary: ClassVar[str] = "Activations of chosen layers: each image beside its most active channels."
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("feature-layers", "Layers whose activations to draw. Default: three stage outputs (early, "
+                                 "middle, late).", default=(), kind="names", metavar="A,B"),
+        Option("feature-channels", "Channels drawn per image and layer: those with the largest mean activation.",
+               default=16, kind="int", low=1, high=1024, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.feature_maps import feature_maps_section
+
+        return feature_maps_section(self, ctx, options.of(self))
+
+
+class Reconstructions:
+    name: ClassVar[str] = "reconstructions"
+    title: ClassVar[str] = "Deconvnet and guided backprop"
+    summary: ClassVar[str] = "Deconvnet and guided-backprop projections of the top class and of strong channels."
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("recon-layer", "Layer whose strongest channels are projected back to pixels. Default: a stage "
+                              "two thirds of the way up.", metavar="NAME"),
+        Option("recon-channels", "Channels of --recon-layer projected per image (largest mean activation).",
+               default=3, kind="int", low=0, high=16, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.reconstructions import reconstructions_section
+
+        return reconstructions_section(self, ctx, options.of(self))

@@ -1,0 +1,110 @@
+"""Reconstructions section: guided backprop and deconvnet, for the top class and a layer's strongest channels."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from auditor.context import AuditContext
+from auditor.layers import resolve_layer, stage_layers
+from auditor.render import stack, titled, to_png
+from auditor.section import Figure, Heading, Section
+from auditor.techniques.feature_maps import capture, strongest_channels
+from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, guided_backprop
+
+TILE_PX = 150
+METHODS = (("guided backprop", guided_backprop), ("deconvnet", deconvnet))
+
+
+def gradient_picture(gradient: torch.Tensor) -> np.ndarray:
+    """A [3, H, W] input gradient as an RGB picture: grey is zero, scaled by its 99.5th percentile of |g|.
+
+    The percentile, not the maximum, keeps one extreme pixel from turning the rest grey.
+    """
+    values = gradient.float().cpu().numpy().transpose(1, 2, 0)
+    scale = float(np.percentile(np.abs(values), 99.5)) or 1.0
+    return np.clip(0.5 + 0.5 * values / scale, 0.0, 1.0)
+
+
+def default_recon_layer(ctx: AuditContext, example: torch.Tensor) -> str:
+    """A stage two thirds of the way up: deep enough for parts, shallow enough for sharp reconstructions."""
+    stages = stage_layers(ctx.module, example)
+    if not stages:
+        raise ValueError("no convolutional stage found; choose a layer with --recon-layer")
+    return stages[(2 * len(stages)) // 3 - 1 if len(stages) > 1 else 0]
+
+
+def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, layer: str,
+                channels: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
+    """Per method, [class gradients, channel 1 gradients, ...] (each N×3×H×W), and the warnings raised."""
+    results: dict[str, list[torch.Tensor]] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RectifierNotSeenWarning)
+        for method, function in METHODS:
+            results[method] = [function(ctx.module, batch, classes).cpu()]
+            results[method] += [function(ctx.module, batch, channels[:, j], layer=layer).cpu()
+                                for j in range(channels.shape[1])]
+    notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)))
+    return results, notes
+
+
+def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, list[torch.Tensor]],
+                 class_name: str, probability: float, layer: str, channels: list[int], plain: bool) -> Figure:
+    """The photo, then one row per method: the top class and each strong channel projected to pixels."""
+    name = ctx.images.names[index]
+    photo = ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+    targets = [f"{class_name} ({probability:.2f})"] + [f"{layer} ch {c}" for c in channels]
+    method_rows = []
+    for method, gradients in results.items():
+        tiles = [Image.fromarray((gradient_picture(g[row]) * 255).round().astype(np.uint8))
+                 .resize((TILE_PX, TILE_PX), Image.Resampling.BILINEAR) for g in gradients]
+        panels = stack([titled(tile, target, size=11) for tile, target in zip(tiles, targets)], vertical=False, gap=4)
+        method_rows.append(titled(panels, "plain gradient" if plain else method, size=13))
+    picture = stack([titled(photo, name, size=11), stack(method_rows, gap=8)], vertical=False, gap=12)
+    methods = "the plain input gradient (see the note)" if plain else "guided backprop (top) and deconvnet (bottom)"
+    caption = (f"Reconstructions for {name} by {methods}: the projection to pixel space of the predicted class "
+               f"{class_name} (probability {probability:.3f}) and of the {len(channels)} channels of layer {layer} "
+               f"with the largest mean activation on this image, each from its single strongest activation. "
+               f"Grey is zero; colours show the sign and size of the gradient in each colour channel, each panel "
+               f"scaled to its own 99.5th percentile.")
+    return Figure(f"reconstructions-{name}", caption, to_png(picture), "image/png",
+                  alt=f"Guided backprop and deconvnet reconstructions for {name}.")
+
+
+def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
+    shown = ctx.gallery_indices()
+    batch = ctx.images.tensors[shown].to(ctx.device)
+    try:
+        layer = settings["recon_layer"] or default_recon_layer(ctx, batch[:1])
+    except ValueError as error:
+        return Section(heading.name, heading.title, text=f"No reconstructions: {error}.")
+    layer, _ = resolve_layer(ctx.module, layer, "--recon-layer", ctx.model.name)
+    activation = capture(ctx.module, [layer], batch, option="--recon-layer")[layer]
+    channels = strongest_channels(activation, settings["recon_channels"]).indices
+    classes = ctx.forward.top_indices[shown, 0]
+    results, notes = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
+    plain = any("no rectifier" in note for note in notes)
+    blocks = []
+    for row, index in enumerate(shown):
+        class_index = int(classes[row])
+        blocks.append(image_figure(ctx, index, row, results, ctx.class_names[class_index],
+                                   float(ctx.forward.probabilities[index, class_index]), layer,
+                                   channels[row].tolist(), plain))
+    text = ("Two ways to project what a unit responds to back into pixel space. Deconvnet (Zeiler & Fergus, "
+            "2014) runs the network backwards, unpooling to the max locations, rectifying the signal at every "
+            "ReLU and applying the transposed filters. Guided backpropagation (Springenberg et al., 2015) passes "
+            "a gradient back only where both the forward activation and the gradient are positive, which gives "
+            "sharper pictures. Both highlight image structure well, but they are known to depend little on the "
+            "class or even on the weights (Adebayo et al., 2018): read them as what the unit's receptive field "
+            "contains, not as evidence of what the model decides on.")
+    if plain:
+        notes = ["The model's rectifiers could not be intercepted (" + "; ".join(notes) + "), so the panels "
+                 "show the plain input gradient, labelled as such, not guided backprop or deconvnet."]
+    metrics = {"layer": layer, "images": [
+        {"image": ctx.images.names[i], "class": ctx.class_names[int(classes[r])],
+         "channels": channels[r].tolist()} for r, i in enumerate(shown)]}
+    return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes)
