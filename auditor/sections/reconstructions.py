@@ -35,7 +35,7 @@ def default_recon_layer(ctx: AuditContext, example: torch.Tensor) -> str:
     stages = stage_layers(ctx.module, example)
     if not stages:
         raise ValueError("no convolutional stage found; choose a layer with --recon-layer")
-    return stages[(2 * len(stages)) // 3 - 1 if len(stages) > 1 else 0]
+    return stages[round(2 * (len(stages) - 1) / 3)]
 
 
 def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, layer: str,

@@ -1,0 +1,107 @@
+"""The kernels, feature-map and reconstruction sections on small models: figures, captions, metrics, notes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch import nn
+
+from auditor import RunOptions, load_images, load_model, run_audit
+from auditor.section import Figure, Section
+from tests.fixtures_models import tiny
+
+
+def audit(module: nn.Module, technique: str, size: int = 48, **settings) -> Section:
+    model = load_model(module, input_size=size)
+    images = load_images(None, model.preprocess)
+    report = run_audit(model, images, RunOptions(techniques=(technique,), device="cpu", gallery_images=2,
+                                                 settings=settings))
+    (section,) = report.sections
+    return section
+
+
+def figures(section: Section) -> list[Figure]:
+    return [b for b in section.blocks if isinstance(b, Figure)]
+
+
+def test_kernels_first_layer_in_colour_then_signed_slices_with_a_colour_bar() -> None:
+    section = audit(tiny(), "kernels")
+    assert section.error is None
+    assert [layer["layer"] for layer in section.metrics["layers"]] == ["features.0", "features.3"]
+    first, second = figures(section)
+    assert "features.0 (weights 8×3×3×3): all 8 filters" in first.caption and "red, green and blue" in first.caption
+    assert "diverging scale" in second.caption and section.metrics["layers"][1]["kind"] == "signed"
+    limit = section.metrics["layers"][1]["limit"]
+    weight = tiny().features[3].weight
+    assert limit == pytest.approx(float(weight.detach().abs().flatten(2).gather(  # the largest |w| among drawn slices
+        1, weight.detach().flatten(2).norm(dim=2).argmax(1)[:, None, None].expand(-1, 1, 9)).abs().max()))
+    grid = Image.open(io.BytesIO(first.data))
+    assert grid.width == 8 * (36 + 2) + 2  # eight 36-px tiles in one row
+
+
+def test_kernel_count_limits_the_filters_drawn() -> None:
+    section = audit(tiny(), "kernels", kernel_layers="features.3", kernel_count=5)
+    (figure,) = figures(section)
+    assert "the first 5 of 16 filters" in figure.caption
+
+
+def test_kernels_bad_layer_fails_only_its_section_with_close_names() -> None:
+    section = audit(tiny(), "kernels", kernel_layers="features.9")
+    assert "--kernel-layers: tinynet has no layer 'features.9'; close names: features.5" in section.error
+
+
+def test_feature_maps_one_figure_per_layer_with_the_strongest_channels() -> None:
+    section = audit(tiny(), "feature-maps", feature_layers="features.2,features.5", feature_channels=4)
+    assert section.error is None
+    assert [f.key for f in figures(section)] == ["feature-maps-features.2", "feature-maps-features.5"]
+    layer = section.metrics["layers"]["features.5"]
+    assert layer["shape"] == [16, 12, 12] and len(layer["strongest"]) == 2 and len(layer["strongest"][0]) == 4
+    assert section.metrics["images"] == ["astronaut.png", "camera.png"]  # --gallery-images 2, file order
+
+
+def test_feature_maps_refuse_a_layer_without_a_map() -> None:
+    section = audit(tiny(), "feature-maps", feature_layers="classifier")
+    assert "--feature-layers" in section.error and "not a feature map" in section.error
+
+
+class FunctionalNet(nn.Module):
+    """ReLUs as functional calls, which no module hook sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_reconstructions_on_resnet18_name_class_and_channels() -> None:
+    torch.manual_seed(0)
+    section = audit(torchvision.models.resnet18(num_classes=10), "reconstructions", size=64, recon_channels=2)
+    assert section.error is None and not section.notes
+    assert section.metrics["layer"] == "layer3"  # two thirds up conv1, layer1..layer4
+    assert [len(i["channels"]) for i in section.metrics["images"]] == [2, 2]
+    assert "guided backprop (top) and deconvnet (bottom)" in figures(section)[0].caption
+
+
+def test_reconstructions_say_when_the_rectifiers_cannot_be_seen() -> None:
+    torch.manual_seed(0)
+    scripted = torch.jit.script(FunctionalNet().eval())
+    section = audit(scripted, "reconstructions", recon_layer="conv2", recon_channels=1)
+    assert section.error is None
+    assert section.notes and "plain input gradient" in section.notes[0]
+    assert "the plain input gradient (see the note)" in figures(section)[0].caption
+
+
+def test_reconstructions_handle_functional_relu_without_a_note() -> None:
+    torch.manual_seed(0)
+    section = audit(FunctionalNet().eval(), "reconstructions", recon_layer="conv2", recon_channels=1)
+    assert section.error is None and not section.notes
