@@ -78,3 +78,25 @@ class Reconstructions:
         from auditor.sections.reconstructions import reconstructions_section
 
         return reconstructions_section(self, ctx, options.of(self))
+
+
+class ClassActivationMaps:
+    name: ClassVar[str] = "cam"
+    title: ClassVar[str] = "Class activation maps: CAM, Grad-CAM, Grad-CAM++"
+    summary: ClassVar[str] = ("Where the model looks for each class: CAM, Grad-CAM, Grad-CAM++ and Guided Grad-CAM "
+                              "galleries per image, per class and for mistakes.")
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("cam-layer", "Layer whose activations and gradients form the maps. Default: the last spatial layer "
+                            "before pooling that the class score depends on.", metavar="NAME"),
+        Option("cam-top-k", "Most probable classes explained per image.", default=3, kind="int", low=1, high=20,
+               metavar="N"),
+        Option("cam-classes", "Classes explained on every image (names or indices), also the rows of the "
+                              "per-class gallery.", default=(), kind="names", metavar="A,B"),
+        Option("cam-target", "Score differentiated by Grad-CAM and Grad-CAM++: the logit or the softmax "
+                             "probability.", default="logit", kind="choice", choices=("logit", "prob")),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.cam import cam_section
+
+        return cam_section(self, ctx, options.of(self))

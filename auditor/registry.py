@@ -33,6 +33,7 @@ BUILTINS: tuple[str, ...] = (
     "auditor.builtins:Kernels",
     "auditor.builtins:FeatureMaps",
     "auditor.builtins:Reconstructions",
+    "auditor.builtins:ClassActivationMaps",
 )
 
 # Flags of `auditor run` itself, which no technique option may take.

@@ -108,17 +108,19 @@ def colorbar(cmap: str, low: float, high: float, width: int, label: str = "", he
     """A horizontal colour bar with its two ends and zero (when inside) marked, and a label below."""
     font = _font(12)
     ramp = colorize(np.tile(np.linspace(low, high, width), (height, 1)), cmap, low, high)
-    bar = Image.new("RGB", (width + 40, height + 36), "white")
-    bar.paste(Image.fromarray(ramp), (20, 0))
+    label_width = round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)) if label else 0
+    left = max(20, (label_width - width) // 2 + 4)
+    bar = Image.new("RGB", (width + 2 * left, height + 36), "white")
+    bar.paste(Image.fromarray(ramp), (left, 0))
     draw = ImageDraw.Draw(bar)
-    draw.rectangle((19, 0, 20 + width, height), outline=(95, 107, 115))
+    draw.rectangle((left - 1, 0, left + width, height), outline=(95, 107, 115))
     ticks = [(low, 0.0), (high, 1.0)] + ([(0.0, -low / (high - low))] if low < 0 < high else [])
     for value, where in ticks:
-        x = 20 + round(where * (width - 1))
+        x = left + round(where * (width - 1))
         draw.line((x, height, x, height + 4), fill=(95, 107, 115))
         draw.text((x, height + 5), f"{value:.3g}", font=font, fill=(29, 35, 39), anchor="ma")
     if label:
-        draw.text((20 + width // 2, height + 20), label, font=font, fill=(95, 107, 115), anchor="ma")
+        draw.text((left + width // 2, height + 20), label, font=font, fill=(95, 107, 115), anchor="ma")
     return bar
 
 

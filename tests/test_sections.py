@@ -105,3 +105,44 @@ def test_reconstructions_handle_functional_relu_without_a_note() -> None:
     torch.manual_seed(0)
     section = audit(FunctionalNet().eval(), "reconstructions", recon_layer="conv2", recon_channels=1)
     assert section.error is None and not section.notes
+
+
+def test_cam_classes_by_name_or_index_and_clear_errors() -> None:
+    from auditor.errors import AuditorError
+    from auditor.sections.cam import resolve_classes
+
+    names = ["tabby cat", "tiger_cat", "Egyptian cat"]
+    assert resolve_classes(("Tiger Cat", "2", "tabby_cat", "2"), names) == [1, 2, 0]
+    with pytest.raises(AuditorError, match=r"--cam-classes: class 3 is out of range; the model has 3 classes \(0 to 2\)"):
+        resolve_classes(("3",), names)
+    with pytest.raises(AuditorError, match="no class named 'tigre cat'; close names: tiger cat"):
+        resolve_classes(("tigre cat",), names)
+
+
+def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
+    """Labels give the true class a column and misclassified images their own gallery; vgg has no GAP head."""
+    from auditor.images import BUNDLED_PHOTOS
+
+    for name, folder in (("chelsea.png", "class 1"), ("coffee.png", "class 2")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes((BUNDLED_PHOTOS / name).read_bytes())
+    torch.manual_seed(0)
+    model = load_model(torchvision.models.vgg11(num_classes=4).eval(), input_size=64)
+    model.class_names = ["class 0", "class 1", "class 2", "class 3"]
+    images = load_images([tmp_path], model.preprocess, model.class_names)
+    report = run_audit(model, images, RunOptions(techniques=("cam",), device="cpu",
+                                                 settings={"cam_top_k": 2, "cam_classes": "3"}))
+    (section,) = report.sections
+    assert section.error is None
+    assert section.metrics["methods"] == ["grad-cam", "grad-cam++"]
+    assert section.notes and section.notes[0].startswith("CAM does not apply")
+    assert section.metrics["gallery_classes"] == ["class 3"]
+    for entry, label in zip(section.metrics["images"], (1, 2)):
+        indices = [c["index"] for c in entry["classes"]]
+        assert label in indices and 3 in indices  # the true class and the chosen one join the top 2
+    keys = [b.key for b in section.blocks]
+    assert keys[:2] == ["cam-class 1/chelsea.png", "cam-class 2/coffee.png"] and "cam-per-class" in keys
+    assert ("cam-misclassified" in keys) == any(
+        int(report_top) != label for report_top, label in zip(
+            [section.metrics["images"][0]["classes"][0]["index"], section.metrics["images"][1]["classes"][0]["index"]],
+            (1, 2)))

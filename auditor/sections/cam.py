@@ -1,0 +1,227 @@
+"""CAM section: CAM, Grad-CAM and Grad-CAM++ galleries per image, per class and for mistakes, and Guided Grad-CAM.
+
+Every map comes from one `cam_maps` call: one forward pass over the shown images and one batched
+backward for all their classes (top-k, true, chosen and the per-class gallery's), so nothing is
+computed twice across the methods and the galleries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from auditor.context import AuditContext
+from auditor.errors import AuditorError
+from auditor.render import colorbar, overlay, stack, titled, to_png
+from auditor.section import Figure, Heading, Section, Table
+from auditor.sections.reconstructions import gradient_picture
+from auditor.techniques.cam import CamResult, cam_maps
+from auditor.techniques.reconstructions import guided_backprop
+
+TILE_PX = 160
+GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
+METHOD_NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++"}
+
+
+def resolve_classes(given: tuple[str, ...], class_names: list[str]) -> list[int]:
+    """Class indices for names (case, `_` and spaces ignored) or indices; a bad one is a one-line error."""
+    def simple(name: str) -> str:
+        return re.sub(r"[\s_]+", " ", name).strip().lower()
+
+    lookup = {simple(name): index for index, name in reversed(list(enumerate(class_names)))}
+    found = []
+    for item in given:
+        if item.isdigit():
+            if int(item) >= len(class_names):
+                raise AuditorError(f"--cam-classes: class {item} is out of range; the model has {len(class_names)} "
+                                   f"classes (0 to {len(class_names) - 1})")
+            found.append(int(item))
+        elif simple(item) in lookup:
+            found.append(lookup[simple(item)])
+        else:
+            close = difflib.get_close_matches(simple(item), list(lookup), n=3, cutoff=0.6)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise AuditorError(f"--cam-classes: no class named {item!r}{hint}; give a class name or index")
+    return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which classes each shown image is explained for, as one [N, K] target tensor."""
+
+    shown: list[int]  # image indices
+    per_image: list[list[int]]  # classes of each image's own gallery: top-k, true, chosen
+    gallery: list[int]  # classes of the per-class gallery
+    targets: torch.Tensor  # [N, K]: per_image + gallery classes, padded by repeating
+
+    def column(self, row: int, class_index: int) -> int:
+        return self.targets[row].tolist().index(class_index)
+
+
+def plan(ctx: AuditContext, top_k: int, chosen: list[int]) -> Plan:
+    shown = ctx.gallery_indices()
+    top = ctx.forward.top_indices
+    per_image = []
+    for i in shown:
+        classes = top[i, :top_k].tolist()
+        label = ctx.images.labels[i]
+        per_image.append(list(dict.fromkeys(classes + ([label] if label is not None else []) + chosen)))
+    gallery = chosen or list(dict.fromkeys(int(top[i, 0]) for i in shown))[:GALLERY_CLASSES]
+    rows = [list(dict.fromkeys(classes + gallery)) for classes in per_image]
+    width = max(len(r) for r in rows)
+    targets = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows], dtype=torch.long)
+    return Plan(shown, per_image, gallery, targets)
+
+
+def overlay_tile(ctx: AuditContext, image_index: int, heat: torch.Tensor, title: str) -> Image.Image:
+    photo = ctx.images.originals[image_index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+    small = heat.float().cpu().numpy()
+    return titled(overlay(photo, small), title, size=11)
+
+
+def scale_bar() -> Image.Image:
+    return colorbar("jet", 0.0, 1.0, 300, "relative importance (each map scaled to its own maximum)")
+
+
+def class_title(ctx: AuditContext, image_index: int, class_index: int) -> str:
+    probability = float(ctx.forward.probabilities[image_index, class_index])
+    truth = " ✓" if ctx.images.labels[image_index] == class_index else ""
+    return f"{ctx.class_names[class_index]} {probability:.2f}{truth}"
+
+
+def image_figure(ctx: AuditContext, result: CamResult, p: Plan, row: int, target_text: str) -> Figure:
+    """One image: a row per method, a column per class of interest."""
+    index = p.shown[row]
+    name = ctx.images.names[index]
+    classes = p.per_image[row]
+    method_rows = []
+    for method, maps in result.maps.items():
+        tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], class_title(ctx, index, c)) for c in classes]
+        method_rows.append(titled(stack(tiles, vertical=False, gap=4), METHOD_NAMES[method], size=13))
+    photo = titled(ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC), name, size=11)
+    picture = stack([stack([photo, stack(method_rows, gap=8)], vertical=False, gap=12), scale_bar()], gap=8)
+    methods = ", ".join(METHOD_NAMES[m] for m in result.maps)
+    true_text = " and its true class (✓)" if ctx.images.labels[index] is not None else ""
+    caption = (f"Where {ctx.model.name} looks in {name}: {methods} maps (rows) for its {len(classes)} classes of "
+               f"interest (columns: the most probable classes{true_text}, with the predicted probability), at "
+               f"layer {result.layer.name}, {target_text}. Jet colours over the image as the model saw it: red "
+               f"regions raise the class score most, blue ones least; each map is scaled to its own maximum.")
+    return Figure(f"cam-{name}", caption, to_png(picture), "image/png", alt=f"Class activation maps for {name}.")
+
+
+def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
+    """The per-class gallery: each class's Grad-CAM on every shown image."""
+    maps = result.maps["grad-cam"]
+    rows = []
+    for class_index in p.gallery:
+        tiles = [overlay_tile(ctx, index, maps[row, p.column(row, class_index)],
+                              f"{ctx.images.names[index]} {float(ctx.forward.probabilities[index, class_index]):.2f}")
+                 for row, index in enumerate(p.shown)]
+        rows.append(titled(stack(tiles, vertical=False, gap=4), ctx.class_names[class_index], size=13))
+    picture = stack([*rows, scale_bar()], gap=8)
+    caption = (f"The same class across images: Grad-CAM of each class (rows) on each image (columns, with the "
+               f"class's probability). A map that lights up on unrelated images shows what the class detector "
+               f"responds to in general, not only where the class is.")
+    return Figure("cam-per-class", caption, to_png(picture), "image/png", alt="Grad-CAM per class across images.")
+
+
+def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[int]) -> Figure:
+    """Misclassified images: Grad-CAM of the predicted class beside that of the true class."""
+    maps = result.maps["grad-cam"]
+    rows = []
+    for row in wrong:
+        index = p.shown[row]
+        predicted, true = int(ctx.forward.top_indices[index, 0]), ctx.images.labels[index]
+        photo = titled(ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC),
+                       ctx.images.names[index], size=11)
+        tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], f"{kind}: {class_title(ctx, index, c)}")
+                 for kind, c in (("predicted", predicted), ("true", true))]
+        rows.append(stack([photo, *tiles], vertical=False, gap=4))
+    caption = ("Misclassified images: the photo, the Grad-CAM of the predicted (wrong) class and that of the true "
+               "class. Where the two maps cover different regions, the model was drawn to something other than "
+               "the labelled object.")
+    return Figure("cam-misclassified", caption, to_png(stack([*rows, scale_bar()], gap=8)), "image/png",
+                  alt="Grad-CAM of predicted and true classes for misclassified images.")
+
+
+def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor) -> Figure:
+    """Guided Grad-CAM (guided backprop times the upsampled Grad-CAM map) next to Grad-CAM, for the top class."""
+    top = torch.tensor([p.per_image[row][0] for row in range(len(p.shown))], device=batch.device)
+    guided = guided_backprop(ctx.module, batch, top).cpu()
+    grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
+    rows = []
+    for row, index in enumerate(p.shown):
+        photo = ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+        product = guided[row] * grad_cam[row].to(guided.dtype)
+        pictures = [photo, overlay(photo, grad_cam[row].numpy()),
+                    _picture(gradient_picture(guided[row])), _picture(gradient_picture(product))]
+        titles = [ctx.images.names[index], f"Grad-CAM: {class_title(ctx, index, int(top[row]))}", "guided backprop",
+                  "Guided Grad-CAM"]
+        rows.append(stack([titled(pic, t, size=11) for pic, t in zip(pictures, titles)], vertical=False, gap=4))
+    caption = ("Guided Grad-CAM for the top class: the Grad-CAM map (second column) multiplied pixel by pixel with "
+               "guided backpropagation (third), which keeps the fine detail of guided backprop only where Grad-CAM "
+               "says the class evidence is (fourth). Grey is zero.")
+    return Figure("guided-grad-cam", caption, to_png(stack(rows, gap=8)), "image/png",
+                  alt="Guided Grad-CAM for the top class of each image.")
+
+
+def _picture(values: np.ndarray) -> Image.Image:
+    image = Image.fromarray((values * 255).round().astype(np.uint8))
+    return image.resize((TILE_PX, TILE_PX), Image.Resampling.BILINEAR)
+
+
+def peak(heat: torch.Tensor) -> list[float]:
+    """Where a map is highest, as (x, y) fractions of the width and height: comparable across input sizes."""
+    h, w = heat.shape
+    flat = int(heat.argmax())
+    return [round((flat % w + 0.5) / w, 4), round((flat // w + 0.5) / h, 4)]
+
+
+def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
+    chosen = resolve_classes(settings["cam_classes"], ctx.class_names)
+    p = plan(ctx, settings["cam_top_k"], chosen)
+    batch = ctx.images.tensors[p.shown].to(ctx.device)
+    layer = settings["cam_layer"] or None
+    result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"])
+    target_text = ("differentiating the class logit" if result.target == "logit"
+                   else "differentiating the softmax probability")
+    blocks: list[Any] = [image_figure(ctx, result, p, row, target_text) for row in range(len(p.shown))]
+    blocks.append(class_figure(ctx, result, p))
+    wrong = [row for row, index in enumerate(p.shown)
+             if ctx.images.labels[index] is not None and int(ctx.forward.top_indices[index, 0]) != ctx.images.labels[index]]
+    if wrong:
+        blocks.append(mistakes_figure(ctx, result, p, wrong))
+    blocks.append(guided_figure(ctx, result, p, batch))
+    rows, per_image = [], []
+    for row, index in enumerate(p.shown):
+        entries = []
+        for c in p.per_image[row]:
+            column = p.column(row, c)
+            peaks = {m: peak(maps[row, column]) for m, maps in result.maps.items()}
+            entries.append({"class": ctx.class_names[c], "index": c,
+                            "probability": float(ctx.forward.probabilities[index, c]), "peak_xy": peaks})
+            rows.append([ctx.images.names[index], ctx.class_names[c], float(ctx.forward.probabilities[index, c]),
+                         *(", ".join(f"{v:.2f}" for v in peaks[m]) for m in result.maps)])
+        per_image.append({"image": ctx.images.names[index], "classes": entries})
+    blocks.append(Table("cam-peaks", "Where each map peaks: (x, y) as fractions of the image width and height, "
+                                     "from the top-left corner, per image and class of interest.",
+                        ["image", "class", "probability", *(METHOD_NAMES[m] for m in result.maps)], rows))
+    text = (f"Class activation maps show which regions of an image raise a class's score. CAM (Zhou et al., 2016) "
+            f"weights the last feature maps by the classifier's weights for the class and needs a global-average-"
+            f"pooling head; Grad-CAM (Selvaraju et al., 2017) weights them by the class score's spatially averaged "
+            f"gradients and keeps the positive part; Grad-CAM++ (Chattopadhay et al., 2018) uses higher-order "
+            f"weights that separate several instances of a class better. All maps here come from layer "
+            f"{result.layer.name} ({result.layer.reason}); {result.formed}; {target_text}. A map on the object "
+            f"supports the prediction; a map on the background or on another object is a warning, even when the "
+            f"class is right.")
+    notes = [f"CAM does not apply: {result.cam_unavailable}."] if result.cam_unavailable else []
+    metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
+               "target": result.target, "methods": list(result.maps), "cam_unavailable": result.cam_unavailable,
+               "gallery_classes": [ctx.class_names[c] for c in p.gallery], "images": per_image}
+    return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes)
