@@ -69,15 +69,33 @@ def run_audit(
     if images is None:
         images = load_images(options.images or None, model.preprocess, model.class_names)
     device = resolve_device(options.device)
-    sections: list[Section] = []
+    done: dict[str, Section] = {}
     with audit_mode(model.module, device) as requires_grad:
         ctx = AuditContext(model, images, options, device, requires_grad)
-        for index, technique in enumerate(techniques):
+        for index, technique in enumerate(run_order(techniques)):
             if progress is not None:
                 progress(technique.name, index, len(techniques))
-            sections.append(_run_one(technique, ctx, options))
+            done[technique.name] = _run_one(technique, ctx, options)
+    sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
     record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections)
     return Report(record, sections)
+
+
+def run_order(techniques: list[Any]) -> list[Any]:
+    """Registry order, except that a technique runs after those it names in `after` (when they run at all).
+
+    A technique that reuses another's results (the trust scores reuse the CAM maps through ctx.shared)
+    can so be shown before it in the report and still run after it.
+    """
+    waiting_for = {t.name for t in techniques}
+    ordered: list[Any] = []
+    pending = list(techniques)
+    while pending:
+        ready = next((t for t in pending if not waiting_for & set(getattr(t, "after", ()))), pending[0])  # cycle
+        ordered.append(ready)
+        pending.remove(ready)
+        waiting_for.discard(ready.name)
+    return ordered
 
 
 def _run_one(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class AuditContext:
         self.options = options
         self.device = device
         self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
+        self.shared: dict[str, Any] = {}  # results a technique publishes for later ones (see `after` in registry)
 
     @property
     def module(self) -> torch.nn.Module:

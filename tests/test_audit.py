@@ -106,3 +106,15 @@ def test_random_weights_are_reproducible_from_the_seed() -> None:
     other = run_audit(options=options.replace(seed=6))
     assert other.record["model"]["state_dict_sha256"] != first.record["model"]["state_dict_sha256"]
     assert "Random weights" in first.record["model"]["notes"][0]
+
+
+def test_run_order_honours_after_but_keeps_registry_order_otherwise() -> None:
+    from auditor.audit import run_order
+
+    def technique(name: str, after: tuple[str, ...] = ()) -> type:
+        return type(name, (), {"name": name, "after": after})
+
+    trust, cam, kernels = technique("trust", ("cam", "absent")), technique("cam"), technique("kernels")
+    assert [t.name for t in run_order([trust, kernels, cam])] == ["kernels", "cam", "trust"]
+    loop_a, loop_b = technique("a", ("b",)), technique("b", ("a",))
+    assert [t.name for t in run_order([loop_a, loop_b])] == ["a", "b"]  # a cycle runs as listed
