@@ -20,6 +20,7 @@ from auditor.config import RunOptions
 from auditor.context import AuditContext, resolve_device
 from auditor.images import ImageSet, load_images
 from auditor.models import LoadedModel, load_model
+from auditor.references import check_references
 from auditor.registry import declared_options, discover, select
 from auditor.section import Figure, Section
 from auditor.svg import check_passive
@@ -72,6 +73,7 @@ def run_audit(
     done: dict[str, Section] = {}
     with audit_mode(model.module, device) as requires_grad:
         ctx = AuditContext(model, images, options, device, requires_grad)
+        check_references(options, model.module, model.name, ctx.class_names)
         for index, technique in enumerate(run_order(techniques)):
             if progress is not None:
                 progress(technique.name, index, len(techniques))

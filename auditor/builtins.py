@@ -34,7 +34,7 @@ class Kernels:
     summary: ClassVar[str] = "The weights of chosen conv layers as image grids (first layer in colour)."
     options: ClassVar[tuple[Option, ...]] = (
         Option("kernel-layers", "Conv layers whose weights to draw (dotted names, see `auditor layers`). Default: "
-                                "the first conv layer, a middle and the last one.", default=(), kind="names",
+                                "the first conv layer, a middle and the last one.", default=(), kind="layers",
                metavar="A,B"),
         Option("kernel-count", "Filters drawn per layer, in filter order.", default=64, kind="int", low=1,
                metavar="N"),
@@ -52,7 +52,7 @@ class FeatureMaps:
     summary: ClassVar[str] = "Activations of chosen layers: each image beside its most active channels."
     options: ClassVar[tuple[Option, ...]] = (
         Option("feature-layers", "Layers whose activations to draw. Default: three stage outputs (early, "
-                                 "middle, late).", default=(), kind="names", metavar="A,B"),
+                                 "middle, late).", default=(), kind="layers", metavar="A,B"),
         Option("feature-channels", "Channels drawn per image and layer: those with the largest mean activation.",
                default=16, kind="int", low=1, high=1024, metavar="N"),
     )
@@ -69,7 +69,7 @@ class Reconstructions:
     summary: ClassVar[str] = "Deconvnet and guided-backprop projections of the top class and of strong channels."
     options: ClassVar[tuple[Option, ...]] = (
         Option("recon-layer", "Layer whose strongest channels are projected back to pixels. Default: a stage "
-                              "two thirds of the way up.", metavar="NAME"),
+                              "two thirds of the way up.", kind="layer", metavar="NAME"),
         Option("recon-channels", "Channels of --recon-layer projected per image (largest mean activation).",
                default=3, kind="int", low=0, high=16, metavar="N"),
     )
@@ -87,11 +87,11 @@ class ClassActivationMaps:
                               "galleries per image, per class and for mistakes.")
     options: ClassVar[tuple[Option, ...]] = (
         Option("cam-layer", "Layer whose activations and gradients form the maps. Default: the last spatial layer "
-                            "before pooling that the class score depends on.", metavar="NAME"),
+                            "before pooling that the class score depends on.", kind="layer", metavar="NAME"),
         Option("cam-top-k", "Most probable classes explained per image.", default=3, kind="int", low=1, high=20,
                metavar="N"),
         Option("cam-classes", "Classes explained on every image (names or indices), also the rows of the "
-                              "per-class gallery.", default=(), kind="names", metavar="A,B"),
+                              "per-class gallery.", default=(), kind="classes", metavar="A,B"),
         Option("cam-target", "Score differentiated by Grad-CAM and Grad-CAM++: the logit or the softmax "
                              "probability.", default="logit", kind="choice", choices=("logit", "prob")),
     )

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["int", "float", "text", "names", "indices", "choice", "flag"]
+# "layer", "layers" and "classes" parse as "text", "names" and "names" and are then checked against
+# the model before any technique runs (auditor.references).
+Kind = Literal["int", "float", "text", "names", "indices", "choice", "flag", "layer", "layers", "classes"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -48,7 +50,8 @@ class Option:
         if value is None:
             return None
         parser = {"int": self._number, "float": self._number, "text": _text, "names": _names,
-                  "indices": _indices, "choice": self._choice, "flag": _flag}[self.kind]
+                  "indices": _indices, "choice": self._choice, "flag": _flag, "layer": _text, "layers": _names,
+                  "classes": _names}[self.kind]
         return parser(value)
 
     def format(self, value: Any) -> str:

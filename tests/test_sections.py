@@ -50,9 +50,14 @@ def test_kernel_count_limits_the_filters_drawn() -> None:
     assert "the first 5 of 16 filters" in figure.caption
 
 
-def test_kernels_bad_layer_fails_only_its_section_with_close_names() -> None:
-    section = audit(tiny(), "kernels", kernel_layers="features.9")
-    assert "--kernel-layers: tinynet has no layer 'features.9'; close names: features.5" in section.error
+def test_a_bad_layer_or_class_stops_the_run_before_any_technique_with_close_names() -> None:
+    from auditor.errors import AuditorError
+
+    with pytest.raises(AuditorError, match="--kernel-layers: TinyNet has no layer 'features.9'; close names: "
+                                           "features.5"):
+        audit(tiny(), "kernels", kernel_layers="features.9")
+    with pytest.raises(AuditorError, match="--cam-classes: class 7 is out of range; the model has 5 classes"):
+        audit(tiny(), "kernels", cam_classes="7")
 
 
 def test_feature_maps_one_figure_per_layer_with_the_strongest_channels() -> None:
@@ -109,7 +114,7 @@ def test_reconstructions_handle_functional_relu_without_a_note() -> None:
 
 def test_cam_classes_by_name_or_index_and_clear_errors() -> None:
     from auditor.errors import AuditorError
-    from auditor.sections.cam import resolve_classes
+    from auditor.references import resolve_classes
 
     names = ["tabby cat", "tiger_cat", "Egyptian cat"]
     assert resolve_classes(("Tiger Cat", "2", "tabby_cat", "2"), names) == [1, 2, 0]

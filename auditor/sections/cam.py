@@ -7,8 +7,6 @@ computed twice across the methods and the galleries.
 
 from __future__ import annotations
 
-import difflib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +15,7 @@ import torch
 from PIL import Image
 
 from auditor.context import AuditContext
-from auditor.errors import AuditorError
+from auditor.references import resolve_classes
 from auditor.render import colorbar, overlay, stack, titled, to_png
 from auditor.section import Figure, Heading, Section, Table
 from auditor.sections.reconstructions import gradient_picture
@@ -27,28 +25,6 @@ from auditor.techniques.reconstructions import guided_backprop
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
 METHOD_NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++"}
-
-
-def resolve_classes(given: tuple[str, ...], class_names: list[str]) -> list[int]:
-    """Class indices for names (case, `_` and spaces ignored) or indices; a bad one is a one-line error."""
-    def simple(name: str) -> str:
-        return re.sub(r"[\s_]+", " ", name).strip().lower()
-
-    lookup = {simple(name): index for index, name in reversed(list(enumerate(class_names)))}
-    found = []
-    for item in given:
-        if item.isdigit():
-            if int(item) >= len(class_names):
-                raise AuditorError(f"--cam-classes: class {item} is out of range; the model has {len(class_names)} "
-                                   f"classes (0 to {len(class_names) - 1})")
-            found.append(int(item))
-        elif simple(item) in lookup:
-            found.append(lookup[simple(item)])
-        else:
-            close = difflib.get_close_matches(simple(item), list(lookup), n=3, cutoff=0.6)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise AuditorError(f"--cam-classes: no class named {item!r}{hint}; give a class name or index")
-    return list(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
