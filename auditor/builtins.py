@@ -28,6 +28,25 @@ class Predictions:
         return predictions_section(self, ctx)
 
 
+class Architecture:
+    name: ClassVar[str] = "architecture"
+    title: ClassVar[str] = "Architecture"
+    summary: ClassVar[str] = "Layer table with shapes, parameters and MACs, and a graph of the network."
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("graph-depth", "Architecture graph: how many module levels to expand (1 collapses repeated "
+                              "blocks).", default=1, kind="int", low=1, high=20, metavar="N"),
+        Option("table-depth", "Architecture table: how many module levels to show, each row with the totals of "
+                              "what it holds (1: the graph's top level, repeated blocks collapsed); the full "
+                              "per-module table is folded in the HTML and left out of the PDF, and 0 shows it "
+                              "instead.", default=1, kind="int", low=0, high=20, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.architecture import architecture_section
+
+        return architecture_section(self, ctx, options.of(self), options.tensorboard)
+
+
 class Kernels:
     name: ClassVar[str] = "kernels"
     title: ClassVar[str] = "Convolution kernels"
@@ -100,3 +119,27 @@ class ClassActivationMaps:
         from auditor.sections.cam import cam_section
 
         return cam_section(self, ctx, options.of(self))
+
+
+class MaximizingInputs:
+    name: ClassVar[str] = "maximization"
+    title: ClassVar[str] = "Maximizing inputs"
+    summary: ClassVar[str] = ("Activation maximization for chosen channels, pixel and Fourier methods side by side, "
+                              "with the real images that excite each channel most.")
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("max-layer", "Layer whose channels to maximize. Default: the middle stage.", kind="layer",
+               metavar="NAME"),
+        Option("max-channels", "Channels to maximize, e.g. 0,5,9 or 0:160:10. Default: 8 spread over the layer.",
+               default=(), kind="indices", metavar="LIST"),
+        Option("max-steps", "Optimisation steps per method (more gives sharper, more detailed patterns).",
+               default=48, kind="int", low=1, high=10000, metavar="N"),
+        Option("max-size", "Side of the synthesised images in pixels.", default=112, kind="int", low=16, high=1024,
+               metavar="PX"),
+        Option("max-exemplars", "Real images shown per channel: those with the highest mean activation.",
+               default=4, kind="int", low=0, high=32, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.maximization import maximization_section
+
+        return maximization_section(self, ctx, options.of(self))

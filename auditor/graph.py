@@ -1,7 +1,8 @@
 """The network as a small graph of boxes: torch.fx data flow, or the module tree as a fallback.
 
 At depth 1 each box is a top-level module call (containers such as nn.Sequential are looked through,
-so ResNet's layer1 shows its Bottlenecks); deeper levels open blocks up. Consecutive boxes in one
+so ResNet's layer1 shows its Bottlenecks, and so are stage wrappers such as ViT's Encoder, which keeps
+its 12 EncoderBlocks in a container); deeper levels open blocks up. Consecutive boxes in one
 parent with the same output shape, joined by a single edge, collapse into one: "3 × Bottleneck" for
 repeated blocks, "Conv2d · BatchNorm2d · ReLU" for a chain of layers.
 """
@@ -17,7 +18,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from auditor.layer_table import CONTAINERS, Calls, format_shape, hyperparameters, is_layer
+from auditor.layer_table import Calls, format_shape, hyperparameters, is_layer, transparent
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _unit(node: torch.fx.Node, module: nn.Module, depth: int) -> tuple[str, Box]
         return node.name, Box(["input"], ["input"], "input", "", shape)
     entries = node.meta.get("nn_module_stack", {}).items()
     stack = [(key, path, module.get_submodule(path)) for key, (path, _) in entries
-             if type(module.get_submodule(path)) not in CONTAINERS]
+             if not transparent(module.get_submodule(path))]
     for level, (key, path, sub) in enumerate(stack, 1):
         layer = is_layer(sub)
         if level == depth or layer:
@@ -154,7 +155,8 @@ def collapse_runs(graph: Graph) -> Graph:
 def module_tree(module: nn.Module, calls: Mapping[str, Calls], depth: int) -> Graph:
     """The module hierarchy to `depth` levels, for models torch.fx cannot trace; shapes from the hooks.
 
-    Consecutive siblings of one type and output shape share a box ("16 × MBConvBlock").
+    Containers and stage wrappers are looked through, as in the data-flow graph; consecutive siblings
+    of one type and output shape share a box ("_blocks.0–15 / 16 × MBConvBlock").
     """
     def shape(name: str) -> str:
         record = calls.get(name)
@@ -166,6 +168,10 @@ def module_tree(module: nn.Module, calls: Mapping[str, Calls], depth: int) -> Gr
         previous: Box | None = None
         for child_name, child in module.get_submodule(parent).named_children():
             path = f"{parent}.{child_name}" if parent else child_name
+            if transparent(child):
+                add_children(path, index, level)
+                previous = None
+                continue
             kind = "layer" if is_layer(child) else "block"
             box = Box([path], [type(child).__name__], kind, parent, shape(path),
                       hyperparameters(child) if kind == "layer" else "")

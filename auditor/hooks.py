@@ -24,3 +24,48 @@ def forward_hooks(hooks: Mapping[nn.Module, ForwardHook] | list[tuple[nn.Module,
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by truncated_forward's hook once the target layer has run, to end the forward pass there."""
+
+
+@contextmanager
+def truncated_forward(model: nn.Module, layer: nn.Module) -> Iterator[Callable[[torch.Tensor], Any]]:
+    """Yield run(x): the output of `layer`'s first call when `model` runs on x, with nothing after it computed.
+
+    The hook keeps the output and raises a private exception that run() catches, so a technique that
+    needs one layer pays only for the network up to it. run() returns None if `layer` never ran.
+    """
+    captured: list[Any] = []
+
+    def stop(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        captured.append(output)
+        raise _StopForward
+
+    def run(x: torch.Tensor) -> Any:
+        captured.clear()
+        try:
+            model(x)
+        except _StopForward:
+            return captured[0]
+        return None
+
+    with forward_hooks([(layer, stop)]):
+        yield run
+
+
+ForwardPreHook = Callable[[nn.Module, tuple[Any, ...]], Any]
+
+
+@contextmanager
+def forward_pre_hooks(hooks: list[tuple[nn.Module, ForwardPreHook]]) -> Iterator[None]:
+    """Register forward pre-hooks (they see a module when its call starts) for a `with` block, removed even if it raises."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -39,6 +39,40 @@ def is_layer(module: nn.Module) -> bool:
                for cls in type(module).__mro__)
 
 
+def holds_repeats(module: nn.Module) -> bool:
+    """Whether a module keeps a run of one block type in a container child (ViT's Encoder: 12 EncoderBlocks
+    in `layers`): such a stage wrapper is opened like a container, so its repeats show as "12 × EncoderBlock".
+    """
+    for child in module.children():
+        if type(child) in CONTAINERS:
+            members = list(child.children())
+            if len(members) > 1 and len({type(m) for m in members}) == 1 and not is_layer(members[0]):
+                return True
+    return False
+
+
+def transparent(module: nn.Module) -> bool:
+    """Looked through when counting module levels: containers and stage wrappers (see holds_repeats)."""
+    return type(module) in CONTAINERS or holds_repeats(module)
+
+
+def unit_at_depth(module: nn.Module, name: str, depth: int) -> tuple[str, bool]:
+    """The module that module `name` is shown as at `depth` levels (transparent modules not counted):
+    its first ancestor (or itself) that is a layer or at level `depth`, and True; else `name`, False
+    (a module opened at this depth: only its own parameters fall to it)."""
+    path = ""
+    level = 0
+    for part in name.split(".") if name else ():
+        path = f"{path}.{part}" if path else part
+        sub = module.get_submodule(path)
+        if transparent(sub):
+            continue
+        level += 1
+        if level == depth or is_layer(sub):
+            return path, True
+    return name, False
+
+
 @dataclass
 class Calls:
     """What the hooked pass saw of one module: every call's output shape and the MACs summed over calls."""

@@ -29,11 +29,12 @@ ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
     "auditor.builtins:Predictions",
-    "auditor.sections.architecture:Architecture",
+    "auditor.builtins:Architecture",
     "auditor.builtins:Kernels",
     "auditor.builtins:FeatureMaps",
     "auditor.builtins:Reconstructions",
     "auditor.builtins:ClassActivationMaps",
+    "auditor.builtins:MaximizingInputs",
 )
 
 # Flags of `auditor run` itself, which no technique option may take.

@@ -22,7 +22,7 @@ from auditor.layer_table import layer_rows, record_calls
 from auditor.models import LoadedModel, load_model
 from auditor.preprocess import Preprocess
 from auditor.state import audit_mode, requires_grad_flags
-from auditor.sections.architecture import Architecture
+from auditor.builtins import Architecture
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:

@@ -17,7 +17,14 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep 
 pip install --upgrade pip
 # shellcheck disable=SC2086
 pip install $AUDITOR_TORCH
-if [[ $extra == test ]]; then pip install -e ".[test]"; else pip install -e .; fi
+if [[ $extra == test ]]; then
+  pip install -e ".[test]"
+  # quantus requires the GUI build opencv-python, which links X11/GL and overwrites the cv2 files of
+  # opencv-python-headless: install it without its requirements (the test extra lists the others)
+  pip install --no-deps "quantus==0.6.0"
+else
+  pip install -e .
+fi
 # WeasyPrint needs the system's Pango; install it where it is missing and apt-get is there.
 if ! .venv/bin/python -c "import weasyprint" >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-env.sh test
+# pdftotext checks that PDF tables keep every column (tests/test_pdf_layout.py)
+if ! command -v pdftotext >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq poppler-utils >/dev/null
+fi
 .venv/bin/python -m pytest "$@"

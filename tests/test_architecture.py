@@ -18,12 +18,12 @@ from auditor.errors import AuditorError
 from auditor.graph import Box, Graph, collapse_runs, fx_graph, network_graph, trace
 from auditor.graph_draw import choose_columns, graph_svg, to_dot, type_summary
 from auditor.images import ImageSet
-from auditor.layer_table import layer_rows, record_calls
+from auditor.layer_table import layer_rows, record_calls, transparent, unit_at_depth
 from auditor.models import LoadedModel
 from auditor.preprocess import Preprocess
 from auditor.section import Section
 from auditor.state import requires_grad_flags
-from auditor.sections.architecture import Architecture
+from auditor.builtins import Architecture
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -333,3 +333,73 @@ def test_vision_transformer_counts_its_attention():
     attention = 4 * tokens * (embed * embed + embed) + 2 * tokens * tokens * embed
     row = next(r for r in section.metrics["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention")
     assert row["macs"] == attention
+
+
+def tiny_vit() -> nn.Module:
+    """ViT-B/16's module structure (Encoder holding 12 EncoderBlocks in `layers`) at a size that runs in a blink."""
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=2,
+                                                hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+
+
+def test_vit_graph_collapses_the_encoder_layers_with_their_count():
+    model = tiny_vit()
+    graph = collapse_runs(fx_graph(trace(model, torch.zeros(1, 3, 32, 32)), model, 1))
+    dot = to_dot(graph, "ViT")
+    assert "encoder.layers\\n12 × EncoderBlock\\n5×8" in dot  # 4 patches + the class token, 8 features
+    assert "encoder.dropout" in dot and "encoder.ln" in dot and "heads.head" in dot
+    assert sum("EncoderBlock" in b.types[0] for b in graph.boxes) == 1
+
+
+def structure_and_full(section: Section) -> tuple[Any, Any]:
+    structure, full = (b for b in section.blocks if hasattr(b, "footer"))
+    return structure, full
+
+
+def test_structure_table_sums_blocks_and_folds_the_full_table():
+    section = run(tiny_vit(), 32)
+    structure, full = structure_and_full(section)
+    assert (structure.key, structure.folded, full.key, full.folded) == (
+        "architecture-structure", False, "architecture-layers", True)
+    assert full.unfold == "--table-depth 0"
+    rows = {row[0]: row for row in structure.rows}
+    assert list(rows) == ["(model)", "conv_proj", "encoder", "encoder.dropout", "encoder.layers", "encoder.ln",
+                          "heads.head"]
+    block = 2 * 8 + (3 * 8 * 8 + 3 * 8) + (8 * 8 + 8) + 2 * 8 + (8 * 16 + 16) + (16 * 8 + 8)  # ln, qkv, out, ln, mlp
+    layers = rows["encoder.layers"]
+    assert layers[1] == "12 × EncoderBlock" and layers[3] == "5×8" and layers[4] == 12 * block
+    assert rows["encoder"][2] == "own parameters" and rows["encoder"][4] == 5 * 8  # the position embedding
+    assert rows["(model)"][4] == 8  # the class token
+    assert structure.footer == full.footer and structure.footer[4] == section.metrics["total_parameters"]
+    assert sum(row[-1] for row in structure.rows) == section.metrics["total_macs"] == structure.footer[-1]
+    assert len(section.metrics["layers"]) == len(full.rows) > 12 * 8
+
+
+def test_table_depth_zero_shows_only_the_full_table():
+    section = run(tiny_vit(), 32, settings={"table_depth": 0})
+    tables = [b for b in section.blocks if hasattr(b, "footer")]
+    assert [(t.key, t.folded) for t in tables] == [("architecture-layers", False)]
+    assert section.metrics["table_depth"] == 0
+
+
+def test_deeper_table_opens_blocks_and_keeps_totals():
+    shallow, _ = structure_and_full(run(tiny_vit(), 32, settings={"table_depth": 1}))
+    deeper, full = structure_and_full(run(tiny_vit(), 32, settings={"table_depth": 2}))
+    assert len(shallow.rows) < len(deeper.rows) < len(full.rows)
+    assert deeper.footer == shallow.footer == full.footer
+    names = [row[0] for row in deeper.rows]
+    assert "encoder.layers.encoder_layer_0.self_attention" in names and "encoder.layers" not in names
+
+
+def test_a_table_as_short_as_the_full_one_is_not_repeated():
+    tables = [b for b in run(HandNet(), 8).blocks if hasattr(b, "footer")]
+    assert [(t.key, t.folded) for t in tables] == [("architecture-layers", False)]
+
+
+def test_stage_wrappers_are_transparent_but_blocks_are_not():
+    vit = tiny_vit()
+    assert transparent(vit.encoder) and transparent(vit.encoder.layers)
+    assert not transparent(vit.encoder.layers[0])  # an EncoderBlock: LayerNorm, attention, MLP, all different
+    dense = torchvision.models.densenet121(weights=None)
+    assert not transparent(dense.features.denseblock1)  # its dense layers are its own children, densely wired
+    assert unit_at_depth(vit, "encoder.layers.encoder_layer_3.mlp.0", 1) == ("encoder.layers.encoder_layer_3", True)
+    assert unit_at_depth(vit, "encoder", 1) == ("encoder", False)

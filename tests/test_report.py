@@ -18,9 +18,14 @@ from pypdf import PdfReader
 
 from auditor import RunOptions, load_images, load_model, run_audit, write_report
 from auditor.images import BUNDLED_PHOTOS
+from auditor.registry import discover
 from auditor.report.files import write_atomic
-from auditor.report.html import render_html
+from auditor.audit import Report
+from auditor.report.html import breakable, render_html
+from auditor.report.manifest import render_json
+from auditor.section import Section, Table
 from plugin_fixture import install_plugin
+from tests.fixtures_models import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORK_URL = re.compile(r"^\s*(https?:)?//", re.I)
@@ -88,7 +93,8 @@ def test_html_carries_the_audit_record(default_report) -> None:
     assert "4,652,008 parameters" in html
     for needle in ("torch " + record["environment"]["torch"], "Seed", "batch_size", "resize 256 (bicubic)"):
         assert needle in html
-    assert [t["name"] for t in record["techniques"]] == ["predictions", "architecture"]
+    assert [t["name"] for t in record["techniques"]] == list(discover())  # every built-in, in registry order
+    assert all(t["status"] == "ok" for t in record["techniques"])
 
 
 def test_json_holds_the_numbers_the_html_shows(default_report) -> None:
@@ -264,4 +270,36 @@ def test_hostile_module_names_are_escaped_in_table_and_graph() -> None:
     assert report.sections[0].error is None
     html = render_html(report)
     assert "<script" not in html
-    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 2  # the table row and the graph box
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 1  # the graph box
+    assert html.count("&lt;script&gt;alert(1)&lt;/<wbr>script&gt;") >= 1  # the table row, with a break opportunity
+
+
+def test_breakable_wraps_long_names_and_keeps_user_strings_escaped() -> None:
+    assert breakable("encoder.layers.encoder_layer_0.out_proj") == (
+        "encoder.<wbr>layers.<wbr>encoder_<wbr>layer_<wbr>0.<wbr>out_<wbr>proj")
+    assert breakable("NonDynamicallyQuantizableLinear ReLU6") == "Non<wbr>Dynamically<wbr>Quantizable<wbr>Linear ReLU6"
+    assert breakable("<script>a.b</script>") == "&lt;script&gt;a.<wbr>b&lt;/<wbr>script&gt;"
+    assert breakable('x_"<1.5>"') == "x_<wbr>&#34;&lt;1.<wbr>5&gt;&#34;"
+    assert breakable("197×3072 12.50%") == '<span class="nw">197×3072</span> <span class="nw">12.50%</span>'
+
+
+def folded_report() -> Report:
+    table = Table("t", "Every row.", ["name", "value"], [["a.b_c", 1], ["<i>", 2]], ["total", 3],
+                  folded=True, unfold="--some-option 0")
+    report = run_audit(load_model(tiny()), options=RunOptions(techniques=("predictions",)))
+    report.sections.append(Section("folding", "Folding", blocks=[table]))
+    return report
+
+
+def test_a_folded_table_is_one_click_away_in_html_and_a_pointer_in_print() -> None:
+    report = folded_report()
+    page = render_html(report)
+    folded = page[page.index('<details class="folded">'):page.index("</details>")]
+    assert "<td>a.<wbr>b_<wbr>c</td>" in folded and "<td>&lt;i&gt;</td>" in folded and '<td class="n">3</td>' in folded
+    pointer = page[page.index('class="caption print-only"'):]
+    assert "Not printed (2 rows)" in pointer[:pointer.index("</p>")] and "--some-option 0 prints it here" in pointer
+    css = (ROOT / "templates" / "report.css").read_text()
+    assert re.search(r"@media print \{[^@]*details\.folded \{ display: none; \}[^@]*\.print-only \{ display: block; \}",
+                     css)
+    manifest = json.loads(render_json(report))
+    assert manifest["sections"][-1]["blocks"][0]["folded"] is True

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from auditor.audit import Report
 from auditor.render import data_uri
@@ -42,6 +42,7 @@ def _environment() -> Environment:
                                                      block.mime)
     env.filters["page_svg"] = page_svg
     env.filters["number"] = format_number
+    env.filters["breakable"] = breakable
     env.filters["option"] = format_option
     env.filters["paragraphs"] = lambda text: [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     env.tests["table"] = lambda block: isinstance(block, Table)
@@ -60,6 +61,21 @@ def page_svg(figure: Figure, id_prefix: str) -> Markup:
     text = strip_prolog(figure.data.decode("utf-8"))
     check_passive(text, figure.key)  # run_audit has checked already; this guards reports built by hand
     return Markup(prefix_ids(text, id_prefix))
+
+
+_BREAK = re.compile(r"(?<=[._/])(?=[^\s._/])|(?<=[a-z])(?=[A-Z][a-z])")
+_WORD = re.compile(r"[A-Za-z]")
+
+
+def breakable(value: Any) -> Markup:
+    """Escaped text with line-break opportunities (<wbr>) after "." "_" "/" and inside CamelCase, so that
+    `encoder.layers.encoder_layer_0.self_attention` and `NonDynamicallyQuantizableLinear` wrap in a
+    table cell instead of widening it past the page. Tokens without a letter ("197×3072", "12.50%") never
+    break: the stylesheet lets anything else break anywhere as a last resort."""
+    pieces = [Markup("<wbr>").join(map(escape, _BREAK.split(token))) if _WORD.search(token)
+              else Markup('<span class="nw">%s</span>') % token if token.strip() else escape(token)
+              for token in re.split(r"(\s+)", str(value))]
+    return Markup("").join(pieces)
 
 
 def format_number(value: Any, digits: int = 4) -> str:

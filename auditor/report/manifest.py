@@ -27,7 +27,7 @@ def _clean(value: Any) -> Any:
 def _describe(block: Any, number: int) -> dict[str, Any]:
     if isinstance(block, Table):
         return {"type": "table", "number": number, "key": block.key, "caption": block.caption,
-                "columns": block.columns, "rows": block.rows, "footer": block.footer}
+                "columns": block.columns, "rows": block.rows, "footer": block.footer, "folded": block.folded}
     if isinstance(block, Figure):
         return {"type": "figure", "number": number, "key": block.key, "caption": block.caption,
                 "file": figure_file_name(number, block.key, block.extension), "mime": block.mime}

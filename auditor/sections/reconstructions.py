@@ -66,9 +66,10 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
         method_rows.append(titled(panels, "plain gradient" if plain else method, size=13))
     picture = stack([titled(photo, name, size=11), stack(method_rows, gap=8)], vertical=False, gap=12)
     methods = "the plain input gradient (see the note)" if plain else "guided backprop (top) and deconvnet (bottom)"
+    of_channels = (f" and of the {len(channels)} channels of layer {layer} with the largest mean activation on "
+                   f"this image, each from its single strongest activation" if channels else "")
     caption = (f"Reconstructions for {name} by {methods}: the projection to pixel space of the predicted class "
-               f"{class_name} (probability {probability:.3f}) and of the {len(channels)} channels of layer {layer} "
-               f"with the largest mean activation on this image, each from its single strongest activation. "
+               f"{class_name} (probability {probability:.3f}){of_channels}. "
                f"Grey is zero; colours show the sign and size of the gradient in each colour channel, each panel "
                f"scaled to its own 99.5th percentile.")
     return Figure(f"reconstructions-{name}", caption, to_png(picture), "image/png",
@@ -78,14 +79,20 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
 def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     shown = ctx.gallery_indices()
     batch = ctx.images.tensors[shown].to(ctx.device)
-    try:
-        layer = settings["recon_layer"] or default_recon_layer(ctx, batch[:1])
-    except ValueError as error:
-        return Section(heading.name, heading.title, text=f"No reconstructions: {error}.")
-    layer, _ = resolve_layer(ctx.module, layer, "--recon-layer", ctx.model.name)
-    activation = capture(ctx.module, [layer], batch, option="--recon-layer")[layer]
-    channels = strongest_channels(activation, settings["recon_channels"]).indices
     classes = ctx.forward.top_indices[shown, 0]
+    layer, channels, skipped = "", torch.zeros(len(shown), 0, dtype=torch.long), []
+    if isinstance(ctx.module, torch.jit.ScriptModule):
+        skipped.append("A TorchScript model accepts no hooks, so only the top class is projected, not the "
+                       "channels of a layer.")
+    elif settings["recon_channels"]:
+        try:
+            layer = settings["recon_layer"] or default_recon_layer(ctx, batch[:1])
+        except ValueError as error:
+            skipped.append(f"Only the top class is projected: {error}.")
+        else:
+            layer, _ = resolve_layer(ctx.module, layer, "--recon-layer", ctx.model.name)
+            activation = capture(ctx.module, [layer], batch, option="--recon-layer")[layer]
+            channels = strongest_channels(activation, settings["recon_channels"]).indices
     results, notes = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
     plain = any("no rectifier" in note for note in notes)
     blocks = []
@@ -104,6 +111,7 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
     if plain:
         notes = ["The model's rectifiers could not be intercepted (" + "; ".join(notes) + "), so the panels "
                  "show the plain input gradient, labelled as such, not guided backprop or deconvnet."]
+    notes += skipped
     metrics = {"layer": layer, "images": [
         {"image": ctx.images.names[i], "class": ctx.class_names[int(classes[r])],
          "channels": channels[r].tolist()} for r, i in enumerate(shown)]}

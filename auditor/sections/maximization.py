@@ -1,0 +1,105 @@
+"""Maximizing inputs section: per channel, the pixel and Fourier syntheses beside the real images that excite it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from auditor.context import AuditContext
+from auditor.errors import AuditorError
+from auditor.layers import resolve_layer
+from auditor.render import stack, titled, to_png
+from auditor.section import Figure, Heading, Section, Table
+from auditor.techniques.feature_maps import capture
+from auditor.techniques.maximization import (
+    METHODS,
+    Exemplars,
+    Maximization,
+    default_channels,
+    default_layer,
+    exemplars,
+    maximize,
+    receptive_field,
+)
+
+TILE_PX = 128
+
+
+def _tile(image: np.ndarray | Image.Image, title: str) -> Image.Image:
+    picture = image if isinstance(image, Image.Image) else Image.fromarray((image * 255).round().astype(np.uint8))
+    return titled(picture.resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC), title, size=11)
+
+
+def exemplar_activations(ctx: AuditContext, layer: str, channels: list[int]) -> torch.Tensor:
+    """The layer's maps for the chosen channels on every image, batch by batch: [N, C, h, w] on the CPU."""
+    parts = [capture(ctx.module, [layer], batch, option="--max-layer")[layer][:, channels]
+             for _, batch in ctx.batches()]
+    return torch.cat(parts)
+
+
+def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exemplars, row: int) -> Image.Image:
+    """Both syntheses with the activation they reach, then the strongest real images' receptive-field crops."""
+    tiles = [_tile(result.images[row].permute(1, 2, 0).cpu().numpy(), f"{method}: {float(result.activations[row]):.3g}")
+             for method, result in results.items()]
+    for image_index, value, box in zip(found.images[row].tolist(), found.activations[row].tolist(),
+                                       found.boxes[row].tolist()):
+        crop = ctx.images.originals[image_index].crop(tuple(int(v) for v in box))
+        tiles.append(_tile(crop, f"{ctx.images.names[image_index]}: {value:.3g}"))
+    return titled(stack(tiles, vertical=False, gap=4), f"channel {found.channels[row]}", size=13)
+
+
+def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
+    size, steps = settings["max_size"], settings["max_steps"]
+    layer = settings["max_layer"] or default_layer(ctx.module, size)
+    layer, _ = resolve_layer(ctx.module, layer, "--max-layer", ctx.model.name)
+    example = ctx.images.tensors[:1].to(ctx.device)
+    channel_count = capture(ctx.module, [layer], example, option="--max-layer")[layer].shape[1]
+    channels = list(settings["max_channels"]) or default_channels(channel_count)
+    if max(channels) >= channel_count:
+        raise AuditorError(f"--max-channels: {layer} has {channel_count} channels (0 to {channel_count - 1}), "
+                         f"not {max(channels)}")
+    preprocess = ctx.model.preprocess
+    results = {method: maximize(ctx.module, layer, channels, size=size, steps=steps, method=method,
+                                seed=ctx.options.seed, mean=preprocess.mean, std=preprocess.std)
+               for method in METHODS}
+    field = receptive_field(ctx.module, layer, preprocess.crop, seed=ctx.options.seed)
+    found = exemplars(exemplar_activations(ctx, layer, channels), list(range(len(channels))), field,
+                      top=settings["max_exemplars"])
+    found = Exemplars(tuple(channels), found.images, found.activations, found.boxes)
+    rows = [channel_row(ctx, results, found, row) for row in range(len(channels))]
+    figure = Figure(
+        f"maximization-{layer}",
+        f"Maximizing inputs for {len(channels)} channels of {ctx.model.name} layer {layer}: for each channel (row), "
+        f"the {size}×{size} input found by plain gradient ascent on the pixels, then by the Fourier-space, "
+        f"colour-decorrelated, jittered parameterisation, each titled with the channel's mean activation it "
+        f"reaches; then the {found.images.shape[1]} real images with the highest mean activation, cropped to the "
+        f"receptive field ({field.extent[0]}×{field.extent[1]} px) around the strongest location, titled with "
+        f"their own mean activation on the whole image.",
+        to_png(stack(rows, gap=8)), "image/png", alt=f"Maximizing inputs and exemplars for layer {layer}.")
+    table_rows, per_channel = [], []
+    for row, channel in enumerate(channels):
+        best_image = int(found.images[row, 0])
+        best = float(found.activations[row, 0])
+        reached = {method: float(result.activations[row]) for method, result in results.items()}
+        table_rows.append([channel, *reached.values(), best, ctx.images.names[best_image]])
+        per_channel.append({"channel": channel, "synthesised": reached, "best_real": best,
+                            "best_real_image": ctx.images.names[best_image],
+                            "start": {m: float(r.history[0, row]) for m, r in results.items()}})
+    table = Table("maximization-activations",
+                  f"Mean activation of each channel of {layer}: reached by each synthesised input after {steps} "
+                  f"steps, and the highest among the {len(ctx.images)} real images.",
+                  ["channel", *(f"{m} synthesis" for m in results), "best real image", "image"], table_rows)
+    text = (f"What each channel of {layer} responds to most, found by optimisation: starting from noise, the input "
+            f"is changed step by step to raise the channel's mean activation, with the forward pass stopped at "
+            f"the layer and all channels optimised together as one batch. Plain pixel ascent tends to give "
+            f"high-frequency patterns that fool the channel; the Fourier parameterisation with decorrelated colour "
+            f"and random jitter, scale and rotation (as in Lucid) gives smoother, more readable textures. "
+            f"Compare each synthesis with the real images that excite the channel most: the two together say what "
+            f"the channel detects. These are {steps}-step runs at {size}×{size} px, chosen to keep the report "
+            f"fast; `--max-steps 256` or more gives sharper, more detailed patterns.")
+    metrics = {"layer": layer, "size": size, "steps": steps, "methods": list(results),
+               "receptive_field": list(field.extent), "channels": per_channel}
+    return Section(heading.name, heading.title, text=text, blocks=[figure, table], metrics=metrics)

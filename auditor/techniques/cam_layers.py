@@ -1,0 +1,187 @@
+"""Target layers for CAM methods: resolve a layer option, read its output as a spatial grid, and choose
+one automatically (the last spatial layer, before global pooling, that the class scores depend on).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from auditor.errors import AuditorError
+from auditor.hooks import forward_hooks
+
+LayerSpec = str | nn.Module | None
+_MAX_EXTRA_TOKENS = 16  # class, distillation and register tokens ahead of the patch tokens
+_RESAMPLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+               nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output maps onto the image: which axes are channels and the spatial grid."""
+
+    kind: Literal["channels-first", "channels-last", "tokens"]
+    grid: tuple[int, int]
+    extra_tokens: int = 0  # leading tokens (class token, registers) dropped before the reshape
+
+    def channels_first(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[B, ...] in this layout -> [B, C, h, w]; works on activations and on gradients alike."""
+        if self.kind == "channels-first":
+            return tensor
+        if self.kind == "channels-last":
+            return tensor.permute(0, 3, 1, 2)
+        patches = tensor[:, self.extra_tokens:]
+        return patches.reshape(tensor.shape[0], *self.grid, tensor.shape[-1]).permute(0, 3, 1, 2)
+
+    def describe(self, input_size: tuple[int, int]) -> str:
+        """One sentence for the report: how the map was formed from the layer's output."""
+        h, w = self.grid
+        if self.kind == "channels-first":
+            return f"feature maps (N x C x {h} x {w}) used as they are"
+        if self.kind == "channels-last":
+            return f"channels-last output (N x {h} x {w} x C) permuted to channels first"
+        patch = input_size[0] // h
+        dropped = {0: "no extra token", 1: "1 leading token (the class token) dropped"}.get(
+            self.extra_tokens, f"{self.extra_tokens} leading tokens (class and register tokens) dropped")
+        return f"tokens reshaped to a {h} x {w} grid ({patch} px patches), {dropped}"
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """The layer whose activations and gradients form the maps, and why it was used."""
+
+    name: str
+    module: nn.Module
+    reason: str  # "given" or why the automatic choice picked it
+
+
+def _grid_mismatch(h: int, w: int, input_size: tuple[int, int]) -> float:
+    """How far (in cells) an h x w grid is from the input's aspect ratio; inf if it is no grid at all."""
+    height, width = input_size
+    if h * w <= 1 or h > height or w > width:
+        return math.inf
+    return abs(h * width - w * height) / max(height, width)
+
+
+def detect_layout(shape: torch.Size | tuple[int, ...], input_size: tuple[int, int]) -> Layout | None:
+    """The spatial layout of an [N, ...] output for an input of `input_size`, or None if it has none.
+
+    4-D: channels-first or channels-last, whichever grid fits the input's aspect ratio (ties: first).
+    3-D: [N, tokens, C]; a few leading tokens are dropped when the rest fill a grid of square patches.
+    """
+    if len(shape) == 4:
+        first = _grid_mismatch(shape[2], shape[3], input_size)
+        last = _grid_mismatch(shape[1], shape[2], input_size)
+        if min(first, last) > 1:
+            return None
+        return Layout("channels-first", (shape[2], shape[3])) if first <= last else \
+            Layout("channels-last", (shape[1], shape[2]))
+    if len(shape) == 3:
+        return _token_layout(shape[1], input_size)
+    return None
+
+
+def _token_layout(tokens: int, input_size: tuple[int, int]) -> Layout | None:
+    """The fewest leading tokens to drop so that the rest tile the input in square patches."""
+    height, width = input_size
+    for extra in range(min(_MAX_EXTRA_TOKENS, tokens - 1) + 1):
+        patches = tokens - extra
+        h = round(math.sqrt(patches * height / width))
+        if h > 0 and patches % h == 0 and _grid_mismatch(h, patches // h, input_size) <= 1 \
+                and height % h == 0 and width % (patches // h) == 0:
+            return Layout("tokens", (h, patches // h), extra)
+    return None
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> TargetLayer:
+    """A dotted name or a module of `model` as a TargetLayer; unknown names suggest close ones."""
+    names = {module: name for name, module in model.named_modules()}
+    if isinstance(layer, nn.Module):
+        if layer not in names:
+            raise AuditorError("--cam-layer: the module given is not part of the model; pass one of its "
+                               "submodules or a dotted name from `auditor layers`")
+        return TargetLayer(names[layer], layer, "given")
+    try:
+        return TargetLayer(layer, model.get_submodule(layer), "given")
+    except AttributeError:
+        close = difflib.get_close_matches(layer, list(names.values()), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise AuditorError(f"--cam-layer: the model has no layer {layer!r}; list the names with "
+                           f"`auditor layers`.{hint}") from None
+
+
+def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
+    """The last layer with a spatial output (not an adaptive pooling) whose spatial positions the
+    class scores depend on: one probe forward and backward on the first image. The model must be in
+    audit mode (eval, frozen parameters).
+
+    Dependence is what rules out a ViT's final patch tokens (only the class token reaches the head).
+    A module called several times (EfficientNet-Lite's shared ReLU6) counts by its last call, the one
+    the capture hook keeps.
+    """
+    probe = x[:1].detach().requires_grad_(True)
+    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad and output.shape[0] == 1:
+                calls.append((name, module, output))
+        return hook
+
+    with torch.enable_grad(), forward_hooks([(m, record(n)) for n, m in model.named_modules() if n]):
+        scores = model(probe)
+    if not isinstance(scores, torch.Tensor):
+        raise AuditorError(f"--model: CAM needs a model that returns a tensor of class scores, "
+                           f"not {type(scores).__name__}")
+    size = (x.shape[-2], x.shape[-1])
+    last_call = {id(module): i for i, (_, module, _) in enumerate(calls)}
+    candidates = [(name, module, out, layout) for i, (name, module, out) in enumerate(calls)
+                  if last_call[id(module)] == i and not isinstance(module, _RESAMPLING)
+                  and (layout := detect_layout(out.shape, size)) is not None]
+    if not candidates:
+        raise AuditorError("--cam-layer: no layer of the model has a spatial output for this input size; "
+                           "give the layer with --cam-layer")
+    cotangent = torch.randn(scores.shape, generator=torch.Generator().manual_seed(0)).to(scores)
+    grads = torch.autograd.grad(scores, [c[2] for c in candidates], cotangent, allow_unused=True)
+    for (name, module, _, layout), grad in zip(reversed(candidates), reversed(grads), strict=True):
+        if grad is not None and layout.channels_first(grad).abs().amax() > 0:
+            h, w = layout.grid
+            return TargetLayer(name, module, f"automatic: the last layer with a spatial output ({layout.kind}, "
+                                             f"{h} x {w}) that the class scores depend on")
+    raise AuditorError("--cam-layer: the class scores depend on no spatial layer (every gradient is zero, as "
+                       "with an all-zero head); give the layer with --cam-layer")
+
+
+@dataclass
+class Capture:
+    """The target layer's output from the last call, as the rest of the network consumed it."""
+
+    output: torch.Tensor | None = None
+
+
+@contextmanager
+def capture_output(module: nn.Module) -> Iterator[Capture]:
+    """Capture `module`'s output as a tensor that gradients can be taken with respect to.
+
+    The output is detached (no graph below the layer, so no backward below it) and replaced by a
+    clone that requires grad: in-place ops further on (DenseNet's relu_ after `features`) act on the
+    clone, so the captured tensor holds the value the next layers read, and its gradient matches.
+    """
+    captured = Capture()
+
+    def hook(_module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise AuditorError(f"--cam-layer: the layer's output is a {type(output).__name__}, not a tensor; "
+                               "choose a layer that returns a tensor")
+        captured.output = output.detach().requires_grad_(True).clone()
+        return captured.output
+
+    with forward_hooks([(module, hook)]):
+        yield captured

@@ -1,0 +1,67 @@
+"""Feature maps: the activations of chosen layers, captured in one forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from auditor.errors import AuditorError
+from auditor.hooks import ForwardHook, forward_hooks
+from auditor.layers import resolve_layer
+from auditor.state import audit_mode
+
+
+class Strongest(NamedTuple):
+    """Per image, the n channels with the largest mean activation, strongest first: both [N, n]."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def capture(model: nn.Module, layers: Sequence[str | nn.Module], x: torch.Tensor,
+            option: str = "--feature-layers", model_name: str | None = None) -> dict[str, torch.Tensor]:
+    """{dotted name: activations [N, C, H, W]} of every layer, from ONE forward pass of `x` in eval mode.
+
+    Activations are detached copies on the CPU (the report renders them there, and the device keeps
+    no copy), taken when the layer returns, so a later in-place op (vgg's ReLU(inplace=True)) does not
+    change them. A module that runs more than once in one forward pass (EfficientNet-Lite's shared
+    ReLU6, the ReLU inside torchvision's Bottleneck) has no single output and is refused, as is an
+    output that is not a 4-D tensor; the AuditorError names the layer and `option` (and `model_name`
+    for an unknown layer, see resolve_layer).
+    """
+    resolved = dict(resolve_layer(model, layer, option, model_name) for layer in layers)
+    outputs: dict[str, list[Any]] = {name: [] for name in resolved}
+
+    def keep(name: str) -> ForwardHook:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            copy = output.detach().to("cpu", copy=True) if isinstance(output, torch.Tensor) else output
+            outputs[name].append(copy)
+        return hook
+
+    with audit_mode(model), forward_hooks([(module, keep(name)) for name, module in resolved.items()]), \
+            torch.no_grad():
+        model(x)
+    return {name: _single_map(name, calls, option) for name, calls in outputs.items()}
+
+
+def _single_map(name: str, calls: list[Any], option: str) -> torch.Tensor:
+    """The one 4-D output a layer gave, or the AuditorError that says why there is none."""
+    if len(calls) != 1:
+        raise AuditorError(f"{option}: {name!r} ran {len(calls)} times in one forward pass (a shared module), "
+                           "so it has no single feature map; choose the block or convolution around it")
+    output = calls[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 4:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise AuditorError(f"{option}: {name!r} outputs {shape}, not a feature map (N, C, H, W); "
+                           "choose a convolutional layer")
+    return output
+
+
+def strongest_channels(activation: torch.Tensor, n: int) -> Strongest:
+    """The `n` channels (at most C) of each image with the largest mean activation over H x W."""
+    means = activation.float().mean(dim=(2, 3))
+    values, indices = means.topk(min(n, means.shape[1]), dim=1)
+    return Strongest(values, indices)

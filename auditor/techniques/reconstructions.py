@@ -1,0 +1,201 @@
+"""Deconvnet and guided backprop: input gradients with a modified backward pass through rectifiers.
+
+Guided backprop (Springenberg et al. 2015) passes a gradient back through a rectifier only where both
+the forward input and the gradient are positive; deconvnet (Zeiler & Fergus 2014) passes back
+relu(gradient) whatever the forward input was. Max-unpooling and transposed filters are what autograd
+already does through max pooling and convolution, so only the rectifiers change.
+
+The rectifiers are replaced while the forward pass runs by a TorchFunctionMode, not by module hooks,
+so in-place ReLUs, modules called several times in one pass and functional calls (F.relu, torch.relu,
+Tensor.relu, their in-place forms) are all covered, and the model itself is never modified. ReLU6
+and hardtanh(min 0) count as rectifiers: guided backprop passes the gradient where 0 < x < max and
+it is positive. Other activations (Hardswish, SiLU, GELU, leaky ReLU) keep their plain gradient.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from auditor.errors import AuditorError
+from auditor.hooks import forward_hooks
+from auditor.layers import resolve_layer
+from auditor.state import audit_mode
+
+
+class RectifierNotSeenWarning(UserWarning):
+    """Guided backprop or deconvnet could not see the model's rectifiers, so its result is (partly) the
+    plain input gradient. The message says why; the report should show it."""
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
+                    layer: str | nn.Module | None = None) -> torch.Tensor:
+    """Guided backprop input gradients [N, 3, H, W] (see module doc and `gradient` for the arguments)."""
+    return _input_gradient(model, x, targets, layer, _RectifierMode(guided=True), "guided backprop")
+
+
+def deconvnet(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
+              layer: str | nn.Module | None = None) -> torch.Tensor:
+    """Deconvnet reconstructions [N, 3, H, W] (see module doc and `gradient` for the arguments)."""
+    return _input_gradient(model, x, targets, layer, _RectifierMode(guided=False), "deconvnet")
+
+
+def gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
+             layer: str | nn.Module | None = None) -> torch.Tensor:
+    """The plain input gradient [N, 3, H, W] of each image's objective, in eval mode, batched over images.
+
+    Without `layer`, targets [N] are class indices and the objective is that logit. With `layer`,
+    targets are channel indices of that layer's output and the objective is the channel's strongest
+    activation (Zeiler & Fergus: keep the maximum of the feature map, zero the rest, project back;
+    the seed is 1 at the maximum, so results are not scaled by the activation value). The forward
+    pass stops at the layer's first call. The result is detached, on x's device.
+    """
+    return _input_gradient(model, x, targets, layer, None, "gradient")
+
+
+class _Rectify(torch.autograd.Function):
+    """clamp(x, 0, upper), in place or not; backward passes relu(gradient), for guided backprop only
+    where 0 < x < upper. It saves that mask, not x, so x may be overwritten in place."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, upper: float | None, guided: bool, inplace: bool) -> torch.Tensor:
+        ctx.guided = guided
+        if guided:
+            ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
+        if not inplace:
+            return torch.relu(x) if upper is None else x.clamp(0, upper)
+        ctx.mark_dirty(x)
+        return x.relu_() if upper is None else x.clamp_(0, upper)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        positive = grad.clamp(min=0)
+        if ctx.guided:
+            positive.mul_(ctx.saved_tensors[0])
+        return positive, None, None, None
+
+
+def _rectifier_call(func: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> tuple[torch.Tensor, float | None, bool] | None:
+    """(input, upper limit or None, in place) when `func(*args, **kwargs)` is a rectifier, else None."""
+    if func in (torch.relu, torch.Tensor.relu):
+        return args[0], None, False
+    if func in (torch.relu_, torch.Tensor.relu_):
+        return args[0], None, True
+    if func is F.relu:
+        (x, inplace) = _bind(args, kwargs, {"input": None, "inplace": False})
+        return x, None, inplace
+    if func is F.relu6:
+        (x, inplace) = _bind(args, kwargs, {"input": None, "inplace": False})
+        return x, 6.0, inplace
+    if func is F.hardtanh:
+        (x, low, high, inplace) = _bind(args, kwargs, {"input": None, "min_val": -1.0, "max_val": 1.0,
+                                                       "inplace": False})
+        return (x, float(high), inplace) if low == 0 else None
+    return None
+
+
+def _bind(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: dict[str, Any]) -> list[Any]:
+    """Positional and keyword arguments as a list in the order of `defaults` (name -> default)."""
+    return [args[i] if i < len(args) else kwargs.get(name, default)
+            for i, (name, default) in enumerate(defaults.items())]
+
+
+class _RectifierMode(TorchFunctionMode):
+    """While active, every rectifier call runs as _Rectify (guided backprop or deconvnet), in place if
+    the call was; `seen` counts them."""
+
+    def __init__(self, guided: bool) -> None:
+        super().__init__()
+        self.guided = guided
+        self.seen = 0
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        call = _rectifier_call(func, args, kwargs)
+        if call is None:
+            return func(*args, **kwargs)
+        self.seen += 1
+        x, upper, inplace = call
+        return _Rectify.apply(x, upper, self.guided, inplace)
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to end the forward pass at the chosen layer, carrying its output."""
+
+    def __init__(self, output: Any) -> None:
+        super().__init__()
+        self.output = output
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
+                    layer: str | nn.Module | None, mode: _RectifierMode | None, method: str) -> torch.Tensor:
+    """The shared pipeline: forward (under the rectifier mode, if any), objective, input gradient."""
+    with audit_mode(model), torch.inference_mode(False), torch.enable_grad():
+        # clones made here are normal tensors even when the caller's are from inference mode
+        targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).clone()
+        if targets.shape != x.shape[:1]:
+            raise AuditorError(f"targets: give one index per image ({x.shape[0]}), not a tensor of shape "
+                               f"{tuple(targets.shape)}")
+        leaf = x.detach().clone().requires_grad_(True)
+        output = _forward(model, leaf.clone(), layer, mode)  # a non-leaf copy: in-place ops on it are allowed
+        objective = _objective(output, targets, layer)
+        (grad,) = torch.autograd.grad(objective, leaf)
+    if mode is not None:
+        _warn_if_blind(model, mode, method)
+    return grad.detach()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None,
+             mode: _RectifierMode | None) -> Any:
+    """The logits, or the output of `layer`'s first call (the forward pass stops there)."""
+    hooks = []
+    if layer is not None:
+        _, module = resolve_layer(model, layer)
+        hooks = [(module, _stop_hook)]
+    with forward_hooks(hooks), mode if mode is not None else nullcontext():
+        try:
+            return model(x)
+        except _Stop as stop:
+            return stop.output
+
+
+def _stop_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+    raise _Stop(output)
+
+
+def _objective(output: Any, targets: torch.Tensor, layer: str | nn.Module | None) -> torch.Tensor:
+    """Sum over images of each image's target logit, or of its target channel's maximum activation."""
+    what, whats = ("class", "classes") if layer is None else ("channel", "channels")
+    if not isinstance(output, torch.Tensor) or output.ndim < 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        if layer is None:
+            raise AuditorError(f"--model: the model outputs {shape}, not class scores (batch, classes)")
+        name = layer if isinstance(layer, str) else type(layer).__name__
+        raise AuditorError(f"--layer: {name!r} outputs {shape}, not (batch, channels, ...); choose another layer")
+    count = output.shape[1]
+    bad = targets[(targets < 0) | (targets >= count)]
+    if bad.numel():
+        raise AuditorError(f"targets: {what} {int(bad[0])} is out of range; the output has {count} {whats} "
+                           f"(0 to {count - 1})")
+    chosen = output[torch.arange(len(targets), device=output.device), targets]
+    return chosen.reshape(len(targets), -1).max(dim=1).values.sum()
+
+
+def _warn_if_blind(model: nn.Module, mode: _RectifierMode, method: str) -> None:
+    """Warn (never silently) when the rectifiers could not all be replaced: the result is then the plain gradient."""
+    if mode.seen == 0:
+        warnings.warn(f"{method}: no rectifier (nn.ReLU, ReLU6, F.relu, torch.relu) ran in the forward pass, "
+                      "e.g. a TorchScript model or one with other activations; the result reduces to the plain "
+                      "input gradient", RectifierNotSeenWarning, stacklevel=4)
+    elif any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+        warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
+                      "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)

@@ -1,0 +1,257 @@
+"""How far to trust a saliency map, part 1: map similarity and the model-randomisation sanity check.
+
+Adebayo et al. (2018, "Sanity Checks for Saliency Maps") randomise a trained model's weights from the
+head downwards and compare each method's maps before and after: a map that barely changes does not
+depend on what the model learnt. This module holds the pieces: the two similarity measures, the
+cascade of randomised copies, the random other class for the random-logit check, and the verdict.
+Faithfulness (deletion / insertion, average drop) is in trust_perturbation.py, localisation against
+boxes in trust_boxes.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auditor.errors import AuditorError
+from auditor.hooks import forward_pre_hooks
+from auditor.state import audit_mode
+
+__all__ = ["SANITY_THRESHOLD", "SSIM_WINDOW", "cascade_ends", "gradient_saliency", "parametrised_layers",
+           "random_other_class", "randomization_cascade", "sanity_verdict", "spearman", "ssim"]
+
+Verdict = Literal["pass", "warn"]
+
+# A method passes when its maps' rank correlation with the trained model's (absolute maps, mean over
+# images), averaged over the cascade's steps, is below this. Averaged over the steps, not read at the
+# last one: Adebayo et al.'s finding is that guided backprop barely changes while layer after layer
+# is randomised, and on the default model (bench/bench_trust.py, 6 steps, bundled photos at 224 px)
+# it keeps 1.00 0.97 0.90 0.76 0.47 and only falls to 0.38 once the stem is random too, so the last
+# step alone would pass it. Means there: guided backprop 0.75, plain gradient 0.31, Grad-CAM 0.03.
+# 0.5 is where half of the map's rank order survives the loss of what the model learnt, on average
+# over the cascade: above it the map is mostly a picture of the input, not of the model.
+SANITY_THRESHOLD = 0.5
+
+SSIM_WINDOW = 11  # skimage's Gaussian window for sigma 1.5, truncate 3.5: radius int(3.5 * 1.5 + 0.5) = 5
+_SSIM_SIGMA = 1.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+# ---------------------------------------------------------------- similarity of two maps
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps [..., H, W] -> [...] (float32), ties at average rank.
+
+    Ranks, not values, because saliency methods differ in scale and contrast but agree (or not) on
+    which pixels matter most. A constant map has no ranking; it scores 0 (no agreement) rather than
+    NaN, so curves and report.json stay finite.
+    """
+    _check_pair(a, b)
+    shape = a.shape[:-2]
+    ra = _average_ranks(a.reshape(-1, a.shape[-2] * a.shape[-1]))
+    rb = _average_ranks(b.reshape(-1, b.shape[-2] * b.shape[-1]))
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    denominator = (ra.square().sum(dim=1) * rb.square().sum(dim=1)).sqrt()
+    rho = (ra * rb).sum(dim=1) / denominator.clamp_min(torch.finfo(torch.float64).tiny)
+    return rho.where(denominator > 0, torch.zeros_like(rho)).float().reshape(shape)
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks [M, n] (float64) of each row, tied values sharing the mean of their positions."""
+    rows, n = values.shape
+    ordered, order = values.sort(dim=1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    groups = (starts.cumsum(dim=1) - 1) + torch.arange(rows, device=values.device).unsqueeze(1) * n
+    positions = torch.arange(1, n + 1, device=values.device).expand(rows, n).reshape(-1)
+    first = torch.zeros(rows * n, dtype=positions.dtype, device=values.device)
+    last = torch.zeros_like(first)
+    first.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amin", include_self=False)
+    last.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amax", include_self=False)
+    sorted_ranks = ((first + last).double() / 2)[groups]
+    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of each pair of maps [..., H, W] -> [...] (Wang et al. 2004), as skimage computes it.
+
+    Gaussian window 11 x 11 (sigma 1.5), K1 = 0.01, K2 = 0.03, population covariance, and the mean over
+    the positions whose window lies inside the map (skimage filters the whole map with reflected
+    borders, then crops 5 pixels, so a valid convolution gives the same numbers). SSIM complements
+    Spearman: it compares local structure and contrast, not just the order of pixels.
+    """
+    _check_pair(a, b)
+    height, width = a.shape[-2:]
+    if min(height, width) < SSIM_WINDOW:
+        raise AuditorError(f"SSIM needs maps of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, not {height}x{width}; "
+                           "use a larger --input-size")
+    x = a.reshape(-1, 1, height, width).float()
+    y = b.reshape(-1, 1, height, width).float()
+    blurred = _gaussian_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1))
+    ux, uy, uxx, uyy, uxy = blurred.unbind(dim=1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(-2, -1)).reshape(a.shape[:-2])
+
+
+def _gaussian_valid(images: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter (sigma 1.5, 11 taps, normalised as scipy.ndimage does), valid positions only."""
+    radius = SSIM_WINDOW // 2
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
+    taps = torch.exp(-0.5 * (offsets / _SSIM_SIGMA) ** 2)
+    taps = (taps / taps.sum()).to(images.dtype)
+    channels = images.shape[1]
+    rows = F.conv2d(images, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(rows, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"maps must have one shape [..., H, W], not {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:
+    """Input gradients [..., C, H, W] -> maps [..., H, W] in [0, 1]: largest |gradient| over channels, min-max scaled.
+
+    The usual reduction (Simonyan et al. 2014), so guided backprop, deconvnet and the plain gradient
+    compare with the CAM maps on one footing: absolute values, as Adebayo et al. compare them. A
+    constant map becomes all zeros.
+    """
+    saliency = gradients.abs().amax(dim=-3)
+    flat = saliency.flatten(-2)
+    low = flat.amin(dim=-1, keepdim=True)
+    span = flat.amax(dim=-1, keepdim=True) - low
+    scaled = (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny)
+    return scaled.where(span > 0, torch.zeros_like(scaled)).reshape(saliency.shape)
+
+
+# ---------------------------------------------------------------- cascading randomisation
+
+
+def parametrised_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the modules that hold parameters themselves, input end first.
+
+    With an example input the order is that of the forward pass (each module's first call, seen by
+    a pre-hook), which is what "from the head downwards" means; a module whose own forward never runs
+    (nn.MultiheadAttention's out_proj is used through its weights) takes its nearest called
+    ancestor's place. Without one, module registration order stands in for it.
+    """
+    owners = [name for name, module in model.named_modules()
+              if next(module.parameters(recurse=False), None) is not None]
+    if example is None:
+        return owners
+    first_call = _first_calls(model, example)
+    registration = {name: index for index, name in enumerate(owners)}
+    return sorted(owners, key=lambda name: (_called_ancestor_position(name, first_call), registration[name]))
+
+
+def _first_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Position of each module's first call in one forward pass (eval mode, no gradients)."""
+    calls: dict[str, int] = {}
+
+    def recorder(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            calls.setdefault(name, len(calls))
+        return hook
+
+    device = next(model.parameters()).device
+    with forward_pre_hooks([(module, recorder(name)) for name, module in model.named_modules()]), \
+            audit_mode(model), torch.inference_mode():
+        model(example.to(device))
+    return calls
+
+
+def _called_ancestor_position(name: str, first_call: dict[str, int]) -> int:
+    """First-call position of the module, or of its nearest ancestor that was called (the root always is)."""
+    parts = name.split(".") if name else []
+    for depth in range(len(parts), -1, -1):
+        position = first_call.get(".".join(parts[:depth]))
+        if position is not None:
+            return position
+    return -1  # a root that was never called: cannot happen after a forward pass
+
+
+def cascade_ends(count: int, steps: int) -> list[int]:
+    """How many layers (from the head) are random after each step: first the head alone, last all `count`.
+
+    The layers below the head are split into steps - 1 nearly equal groups; `steps` is capped at
+    `count`. One step randomises everything at once.
+    """
+    steps = min(steps, count)
+    if steps == 1:
+        return [count]
+    # round-half-up in integers: strictly increasing because each group has at least one layer
+    return [1 + (2 * (count - 1) * k + steps - 1) // (2 * (steps - 1)) for k in range(steps)]
+
+
+def randomization_cascade(model: nn.Module, steps: int, seed: int = 0, *,
+                          example: torch.Tensor | None = None) -> Iterator[tuple[str, nn.Module]]:
+    """Yield (label, randomised copy) for each cumulative step, from the head downwards (Adebayo et al. 2018).
+
+    Works on one deep copy, never on `model`: every step re-initialises the next group of
+    parametrised layers (`parametrised_layers` order, reversed) in that same copy, so use it before
+    asking for the next step. The label is the lowest layer randomised so far. Each layer is reset by
+    its own reset_parameters() (batch norm: weight 1, bias 0 and running statistics 0 / 1, i.e. the
+    learnt normalisation is gone too; nn.MultiheadAttention: its _reset_parameters(); a module with
+    neither: each own parameter redrawn from a normal with that tensor's mean and standard deviation),
+    under a seed made from `seed` and the layer's name inside torch.random.fork_rng: the same seed
+    gives the same weights whatever `steps` is, and the global RNG is left as it was.
+    """
+    if steps < 1:
+        raise AuditorError(f"--trust-steps: {steps} is not a number of randomisation steps; use 1 or more")
+    randomised = copy.deepcopy(model)
+    names = parametrised_layers(randomised, example)[::-1]
+    if not names:
+        raise AuditorError("randomisation test: the model has no parameters to randomise")
+    modules = dict(randomised.named_modules())
+    done = 0
+    for end in cascade_ends(len(names), steps):
+        for name in names[done:end]:
+            _reinitialise(modules[name], name, seed)
+        done = end
+        yield names[end - 1] or "(root)", randomised
+
+
+def _reinitialise(module: nn.Module, name: str, seed: int) -> None:
+    """Reset one module's own parameters reproducibly, without touching the global RNG state."""
+    devices = sorted({p.device.index or 0 for p in module.parameters(recurse=False) if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if reset is not None:
+            reset()
+            return
+        for param in module.parameters(recurse=False):
+            param.normal_(param.mean().item(), param.std(correction=0).item())
+
+
+def random_other_class(top: torch.Tensor, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """For the random-logit check: per image, a class drawn uniformly from all classes except its top class.
+
+    Seeded with its own generator (the global RNG is untouched); same device and shape as `top`.
+    """
+    if num_classes < 2:
+        raise AuditorError(f"random-logit check: the model has {num_classes} output; it needs 2 classes or more")
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.randint(num_classes - 1, tuple(top.shape), generator=generator)
+    cpu_top = top.cpu().long()
+    return (draw + (draw >= cpu_top).long()).to(top.device)
+
+
+def sanity_verdict(curve: torch.Tensor | Sequence[float], threshold: float = SANITY_THRESHOLD) -> Verdict:
+    """"pass" when the similarity averaged over the cascade's steps is below `threshold`, else "warn".
+
+    `curve` is the Spearman correlation of absolute maps per step, [steps] or [steps, images] (then
+    averaged over images too). See SANITY_THRESHOLD for why the mean over the steps and why 0.5; with
+    one step it is the fully randomised model's value.
+    """
+    return "pass" if float(torch.as_tensor(curve, dtype=torch.float64).mean()) < threshold else "warn"
