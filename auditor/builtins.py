@@ -28,6 +28,29 @@ class Predictions:
         return predictions_section(self, ctx)
 
 
+class Trust:
+    name: ClassVar[str] = "trust"
+    title: ClassVar[str] = "How far to trust each explanation"
+    summary: ClassVar[str] = ("Sanity checks (weight randomisation, other class), deletion / insertion faithfulness "
+                              "and, with --boxes, the pointing game, per saliency method.")
+    after: ClassVar[tuple[str, ...]] = ("cam", "reconstructions")  # reuses their maps; shown before them
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("trust-images", "Images (the first of each gallery) on which the methods are tested.", default=3,
+               kind="int", low=1, high=64, metavar="N"),
+        Option("trust-steps", "Cost and precision: randomisation steps (head first) and deletion / insertion "
+                              "steps (N + 1 points).", default=6, kind="int", low=1, high=64, metavar="N"),
+        Option("trust-baseline", "What deleted pixels become: a strong blur of the image, or its mean colour.",
+               default="blur", kind="choice", choices=("blur", "mean")),
+        Option("boxes", "Object boxes for the pointing game: CSV (image,class,x0,y0,x1,y1) or JSON, in the "
+                        "original images' pixels.", metavar="FILE"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.trust import trust_section
+
+        return trust_section(self, ctx, options.of(self))
+
+
 class Architecture:
     name: ClassVar[str] = "architecture"
     title: ClassVar[str] = "Architecture"

@@ -33,6 +33,7 @@ class ImageSet:
     labels: list[int | None]  # class index when the folder name matches a class
     label_names: list[str | None]  # the folder name, even when it matches no class
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each file, upright
 
     def __len__(self) -> int:
         return len(self.names)
@@ -139,7 +140,7 @@ def _decode_all(
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
     class_names: Sequence[str],
 ) -> ImageSet:
-    tensors, originals, names, hashes, label_names = [], [], [], [], []
+    tensors, originals, names, hashes, label_names, sizes = [], [], [], [], [], []
     skipped: list[tuple[str, str]] = []
     for path, name, label_name in entries:
         try:
@@ -160,6 +161,7 @@ def _decode_all(
         names.append(name)
         hashes.append(hashlib.sha256(data).hexdigest())
         label_names.append(label_name)
+        sizes.append(image.size)
     if not tensors:
         listed = "; ".join(f"{name}: {reason}" for name, reason in skipped)
         raise AuditorError(f"--images: none of the files could be read as an image ({listed})")
@@ -168,4 +170,4 @@ def _decode_all(
     unknown = sorted(n for n, i in folders.items() if i is None)
     if unknown and class_names:
         log.warning("label folders that match no class name, shown without a true class: %s", ", ".join(unknown))
-    return ImageSet(torch.stack(tensors), originals, names, hashes, labels, label_names, skipped)
+    return ImageSet(torch.stack(tensors), originals, names, hashes, labels, label_names, skipped, sizes)

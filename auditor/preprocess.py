@@ -33,19 +33,24 @@ class Preprocess:
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, not {self.interpolation!r}")
 
-    def display(self, image: Image.Image) -> Image.Image:
-        """The RGB image exactly as the model sees it, before normalization (for overlays)."""
-        # Same geometry as torchvision's Resize(int) + CenterCrop, so the tensors match the reference
-        # transforms of torchvision weights: the long side is truncated, the crop offset rounded.
-        width, height = image.size
+    def geometry(self, original_size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+        """For an image of (width, height): the resized (width, height) and the crop's left and top offsets.
+
+        Same geometry as torchvision's Resize(int) + CenterCrop, so the tensors match the reference
+        transforms of torchvision weights: the long side is truncated, the crop offset rounded.
+        """
+        width, height = original_size
         short, long = min(width, height), max(width, height)
         new_short = max(self.resize, self.crop)  # never upscale past the crop by distorting the aspect
         new_long = max(new_short, int(new_short * long / short))
         size = (new_short, new_long) if width <= height else (new_long, new_short)
+        return size, int(round((size[0] - self.crop) / 2.0)), int(round((size[1] - self.crop) / 2.0))
+
+    def display(self, image: Image.Image) -> Image.Image:
+        """The RGB image exactly as the model sees it, before normalization (for overlays)."""
+        size, left, top = self.geometry(image.size)
         image = image.convert("RGB")
         resized = image if size == image.size else image.resize(size, _RESAMPLE[self.interpolation])
-        left = int(round((size[0] - self.crop) / 2.0))
-        top = int(round((size[1] - self.crop) / 2.0))
         return resized.crop((left, top, left + self.crop, top + self.crop))
 
     def to_tensor(self, display_image: Image.Image) -> torch.Tensor:

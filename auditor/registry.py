@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
     "auditor.builtins:Predictions",
+    "auditor.builtins:Trust",
     "auditor.builtins:Architecture",
     "auditor.builtins:Kernels",
     "auditor.builtins:FeatureMaps",

@@ -340,9 +340,9 @@ def test_layer_given_as_module_name_or_automatic_is_the_same():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m, x, t: cam.cam_maps(m, x, t, "featurs"), "--cam-layer: the model has no layer 'featurs'; "
-     "list the names with `auditor layers`. Did you mean features"),
-    (lambda m, x, t: cam.cam_maps(m, x, t, nn.ReLU()), "--cam-layer: the module given is not part of the model"),
+    (lambda m, x, t: cam.cam_maps(m, x, t, "featurs"), "--cam-layer: tinynet has no layer 'featurs'; "
+     "close names: features"),
+    (lambda m, x, t: cam.cam_maps(m, x, t, nn.ReLU()), "--cam-layer: the ReLU given is not a module of tinynet"),
     (lambda m, x, t: cam.cam_maps(m, x, t, "classifier"),
      "--cam-layer classifier: its output (2, 5) has no spatial grid"),
     (lambda m, x, t: cam.cam_maps(m, x, t, target="score"), "--cam-target: 'score' is not a target; use logit or prob"),

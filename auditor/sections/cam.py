@@ -130,6 +130,7 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     """Guided Grad-CAM (guided backprop times the upsampled Grad-CAM map) next to Grad-CAM, for the top class."""
     top = torch.tensor([p.per_image[row][0] for row in range(len(p.shown))], device=batch.device)
     guided = guided_backprop(ctx.module, batch, top).cpu()
+    ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
     grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
     rows = []
     for row, index in enumerate(p.shown):
@@ -174,6 +175,10 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     if wrong:
         blocks.append(mistakes_figure(ctx, result, p, wrong))
     blocks.append(guided_figure(ctx, result, p, batch))
+    top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
+    ctx.shared["cam"] = {"shown": p.shown, "layer": result.layer.name, "target": result.target,
+                         "maps": {m: torch.stack([maps[row, column] for row, column in enumerate(top)])
+                                  for m, maps in result.maps.items()}}
     rows, per_image = [], []
     for row, index in enumerate(p.shown):
         entries = []

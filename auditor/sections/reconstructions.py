@@ -95,6 +95,8 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
             channels = strongest_channels(activation, settings["recon_channels"]).indices
     results, notes = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
     plain = any("no rectifier" in note for note in notes)
+    if not plain:
+        ctx.shared.update({method: {"shown": shown, "gradients": gradients[0]} for method, gradients in results.items()})
     blocks = []
     for row, index in enumerate(shown):
         class_index = int(classes[row])

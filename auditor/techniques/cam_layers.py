@@ -4,7 +4,6 @@ one automatically (the last spatial layer, before global pooling, that the class
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from auditor import layers
 from auditor.errors import AuditorError
 from auditor.hooks import forward_hooks
 
@@ -101,20 +101,9 @@ def _token_layout(tokens: int, input_size: tuple[int, int]) -> Layout | None:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> TargetLayer:
-    """A dotted name or a module of `model` as a TargetLayer; unknown names suggest close ones."""
-    names = {module: name for name, module in model.named_modules()}
-    if isinstance(layer, nn.Module):
-        if layer not in names:
-            raise AuditorError("--cam-layer: the module given is not part of the model; pass one of its "
-                               "submodules or a dotted name from `auditor layers`")
-        return TargetLayer(names[layer], layer, "given")
-    try:
-        return TargetLayer(layer, model.get_submodule(layer), "given")
-    except AttributeError:
-        close = difflib.get_close_matches(layer, list(names.values()), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise AuditorError(f"--cam-layer: the model has no layer {layer!r}; list the names with "
-                           f"`auditor layers`.{hint}") from None
+    """A dotted name or a module of `model` as a TargetLayer (unknown names: a one-line error)."""
+    name, module = layers.resolve_layer(model, layer, "--cam-layer")
+    return TargetLayer(name, module, "given")
 
 
 def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:

@@ -117,14 +117,8 @@ def _coordinate(value: Any, key: str, where: str) -> float:
 
 def _geometry(original_size: tuple[int, int], preprocess: Preprocess) -> tuple[float, float, int, int]:
     """Scale (x, y) and crop offset (left, top) of Preprocess.display for an image of `original_size` (w, h)."""
-    width, height = original_size
-    short, long = min(width, height), max(width, height)
-    new_short = max(preprocess.resize, preprocess.crop)
-    new_long = max(new_short, int(new_short * long / short))
-    new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
-    left = int(round((new_width - preprocess.crop) / 2.0))
-    top = int(round((new_height - preprocess.crop) / 2.0))
-    return new_width / width, new_height / height, left, top
+    (new_width, new_height), left, top = preprocess.geometry(original_size)
+    return new_width / original_size[0], new_height / original_size[1], left, top
 
 
 def box_to_input(box: Rect, original_size: tuple[int, int], preprocess: Preprocess) -> Rect:

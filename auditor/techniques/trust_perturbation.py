@@ -126,7 +126,8 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, ta
     with audit_mode(model), torch.inference_mode():
         both = torch.cat([x, base])
         ends = _softmax(model, lambda jobs: both[jobs], 2 * count, batch_size, x.device)
-        inner = _softmax(model, perturbed, len(image), batch_size, x.device)
+        inner = (_softmax(model, perturbed, len(image), batch_size, x.device) if len(image)
+                 else ends.new_zeros((0, ends.shape[1])))  # two steps: the end points only
     inner_p = inner.gather(1, targets2[image, slot].unsqueeze(1)).view(count, per_image, steps - 2, 2)
     on_image = ends[:count].gather(1, targets2).unsqueeze(-1)
     on_base = ends[count:].gather(1, targets2).unsqueeze(-1)

@@ -1,0 +1,73 @@
+"""The trust section: the published sanity result on the default model, the report.json shape, boxes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from auditor import RunOptions, load_images, load_model, run_audit
+from auditor.report.manifest import render_json
+
+METHOD_KEYS = {"cam", "grad-cam", "grad-cam++", "guided-backprop", "deconvnet", "guided-grad-cam", "gradient"}
+
+
+@pytest.mark.slow
+def test_default_model_reproduces_the_published_sanity_result(lite0_model) -> None:
+    """Adebayo et al.: Grad-CAM depends on the weights, guided backprop barely does; Grad-CAM beats a random map."""
+    images = load_images(None, lite0_model.preprocess, lite0_model.class_names)
+    report = run_audit(lite0_model, images, RunOptions(techniques=("trust", "cam"), device="cpu"))
+    trust = report.sections[0]
+    assert trust.technique == "trust" and trust.error is None, trust.error_detail
+    methods = trust.metrics["methods"]
+    assert set(methods) == METHOD_KEYS
+    assert methods["grad-cam"]["randomization"]["verdict"] == "pass"
+    assert methods["guided-backprop"]["randomization"]["verdict"] == "warn"
+    random = trust.metrics["random_baseline"]
+    assert methods["grad-cam"]["deletion_auc"] < random["deletion_auc"]
+    assert methods["grad-cam"]["insertion_auc"] > random["insertion_auc"]
+    shape = json.loads(render_json(report))["sections"][0]["metrics"]
+    entry = shape["methods"]["grad-cam"]
+    assert entry["randomization"]["verdict"] in ("pass", "warn")
+    assert len(entry["randomization"]["spearman"]) == len(entry["randomization"]["ssim"]) == 6
+    assert isinstance(entry["deletion_auc"], float) and isinstance(shape["random_baseline"]["insertion_auc"], float)
+
+
+def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch) -> None:
+    import auditor.sections.trust as trust_module
+
+    calls: list[int] = []
+    original = trust_module.cam_maps
+    monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    torch.manual_seed(0)
+    model = load_model(torchvision.models.resnet18(num_classes=6).eval(), input_size=64)
+    images = load_images(None, model.preprocess)
+    report = run_audit(model, images, RunOptions(techniques=("cam", "trust", "reconstructions"), device="cpu",
+                                                 settings={"trust_steps": 2, "trust_images": 2}))
+    assert [s.technique for s in report.sections] == ["trust", "reconstructions", "cam"]
+    assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
+    # trained maps came from the CAM section: only the 2 randomised steps and the other class call cam_maps
+    assert len(calls) == 3
+    trust = report.sections[0]
+    assert set(trust.metrics["methods"]) == METHOD_KEYS
+    assert trust.metrics["cost"]["cascade_steps"] == 2 and trust.metrics["images"] == ["astronaut.png", "camera.png"]
+
+
+def test_boxes_give_pointing_game_and_mass(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = load_model(torchvision.models.resnet18(num_classes=6).eval(), input_size=64)
+    images = load_images(None, model.preprocess)
+    width, height = images.sizes[images.names.index("coffee.png")]
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image,class,x0,y0,x1,y1\ncoffee.png,2,0,0,{width},{height}\nunknown.png,1,0,0,5,5\n")
+    report = run_audit(model, images, RunOptions(techniques=("trust",), device="cpu",
+                                                 settings={"trust_steps": 1, "trust_images": 1, "boxes": str(boxes)}))
+    (trust,) = report.sections
+    assert trust.error is None, trust.error_detail
+    for method in ("grad-cam", "gradient"):
+        entry = trust.metrics["methods"][method]
+        assert entry["pointing_accuracy"] == 1.0 and entry["mass_inside"] == pytest.approx(1.0)  # box = image
+        assert entry["boxes"] == 1
+    assert "pointing" in trust.blocks[0].columns
