@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -12,18 +12,31 @@ from torch import nn
 ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], Any]
 
 
+ForwardPreHook = Callable[[nn.Module, tuple[Any, ...]], Any]
+
+
 @contextmanager
-def forward_hooks(hooks: Mapping[nn.Module, ForwardHook] | list[tuple[nn.Module, ForwardHook]]) -> Iterator[None]:
-    """Register forward hooks for the duration of a `with` block, removed even if the block raises."""
-    pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
+def _registered(pairs: list[tuple[nn.Module, Callable[..., Any]]], method: str) -> Iterator[None]:
+    """Each hook registered with `module.<method>` for a `with` block, removed even if the block raises."""
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for module, hook in pairs:
-            handles.append(module.register_forward_hook(hook))
+            handles.append(getattr(module, method)(hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def forward_hooks(hooks: Mapping[nn.Module, ForwardHook] | list[tuple[nn.Module, ForwardHook]]
+                  ) -> AbstractContextManager[None]:
+    """Forward hooks (they see a module's output) for the duration of a `with` block."""
+    return _registered(list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks), "register_forward_hook")
+
+
+def forward_pre_hooks(hooks: list[tuple[nn.Module, ForwardPreHook]]) -> AbstractContextManager[None]:
+    """Forward pre-hooks (they see a module when its call starts) for the duration of a `with` block."""
+    return _registered(list(hooks), "register_forward_pre_hook")
 
 
 class _StopForward(Exception):
@@ -54,18 +67,3 @@ def truncated_forward(model: nn.Module, layer: nn.Module) -> Iterator[Callable[[
     with forward_hooks([(layer, stop)]):
         yield run
 
-
-ForwardPreHook = Callable[[nn.Module, tuple[Any, ...]], Any]
-
-
-@contextmanager
-def forward_pre_hooks(hooks: list[tuple[nn.Module, ForwardPreHook]]) -> Iterator[None]:
-    """Register forward pre-hooks (they see a module when its call starts) for a `with` block, removed even if it raises."""
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        for module, hook in hooks:
-            handles.append(module.register_forward_pre_hook(hook))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

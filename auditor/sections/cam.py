@@ -16,7 +16,7 @@ from PIL import Image
 
 from auditor.context import AuditContext
 from auditor.references import resolve_classes
-from auditor.render import colorbar, overlay, stack, titled, to_png
+from auditor.render import colorbar, overlay, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.sections.reconstructions import gradient_picture
 from auditor.techniques.cam import CamResult, cam_maps
@@ -88,7 +88,7 @@ def image_figure(ctx: AuditContext, result: CamResult, p: Plan, row: int, target
                f"interest (columns: the most probable classes{true_text}, with the predicted probability), at "
                f"layer {result.layer.name}, {target_text}. Jet colours over the image as the model saw it: red "
                f"regions raise the class score most, blue ones least; each map is scaled to its own maximum.")
-    return Figure(f"cam-{name}", caption, to_png(picture), "image/png", alt=f"Class activation maps for {name}.")
+    return Figure(f"cam-{name}", caption, to_jpeg(picture), "image/jpeg", alt=f"Class activation maps for {name}.")
 
 
 def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
@@ -104,7 +104,7 @@ def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
     caption = (f"The same class across images: Grad-CAM of each class (rows) on each image (columns, with the "
                f"class's probability). A map that lights up on unrelated images shows what the class detector "
                f"responds to in general, not only where the class is.")
-    return Figure("cam-per-class", caption, to_png(picture), "image/png", alt="Grad-CAM per class across images.")
+    return Figure("cam-per-class", caption, to_jpeg(picture), "image/jpeg", alt="Grad-CAM per class across images.")
 
 
 def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[int]) -> Figure:
@@ -122,7 +122,7 @@ def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[i
     caption = ("Misclassified images: the photo, the Grad-CAM of the predicted (wrong) class and that of the true "
                "class. Where the two maps cover different regions, the model was drawn to something other than "
                "the labelled object.")
-    return Figure("cam-misclassified", caption, to_png(stack([*rows, scale_bar()], gap=8)), "image/png",
+    return Figure("cam-misclassified", caption, to_jpeg(stack([*rows, scale_bar()], gap=8)), "image/jpeg",
                   alt="Grad-CAM of predicted and true classes for misclassified images.")
 
 
@@ -144,7 +144,7 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     caption = ("Guided Grad-CAM for the top class: the Grad-CAM map (second column) multiplied pixel by pixel with "
                "guided backpropagation (third), which keeps the fine detail of guided backprop only where Grad-CAM "
                "says the class evidence is (fourth). Grey is zero.")
-    return Figure("guided-grad-cam", caption, to_png(stack(rows, gap=8)), "image/png",
+    return Figure("guided-grad-cam", caption, to_jpeg(stack(rows, gap=8)), "image/jpeg",
                   alt="Guided Grad-CAM for the top class of each image.")
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from auditor.context import AuditContext
 from auditor.layers import stage_layers
-from auditor.render import colorize, stack, tile_grid, titled, to_png, upscale
+from auditor.render import colorize, stack, tile_grid, titled, to_jpeg, upscale
 from auditor.section import Figure, Heading, Section
 from auditor.techniques.feature_maps import capture, strongest_channels
 
@@ -53,7 +53,7 @@ def layer_figure(layer: str, maps: torch.Tensor, ctx: AuditContext, shown: list[
                f"{strongest.indices.shape[1]} channels with the largest mean activation, strongest first, with the "
                f"channel index in the corner. Each tile is scaled to its own range ({scale}); {h}×{w} maps are "
                f"enlarged without smoothing. Mean activations are in report.json.")
-    return Figure(f"feature-maps-{layer}", caption, to_png(stack(rows, gap=10)), "image/png",
+    return Figure(f"feature-maps-{layer}", caption, to_jpeg(stack(rows, gap=10)), "image/jpeg",
                   alt=f"Most active channels of layer {layer} for {len(shown)} images.")
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
 from auditor.layers import resolve_layer
-from auditor.render import stack, titled, to_png
+from auditor.render import stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.techniques.feature_maps import capture
 from auditor.techniques.maximization import (
@@ -78,7 +78,7 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
         f"reaches; then the {found.images.shape[1]} real images with the highest mean activation, cropped to the "
         f"receptive field ({field.extent[0]}×{field.extent[1]} px) around the strongest location, titled with "
         f"their own mean activation on the whole image.",
-        to_png(stack(rows, gap=8)), "image/png", alt=f"Maximizing inputs and exemplars for layer {layer}.")
+        to_jpeg(stack(rows, gap=8)), "image/jpeg", alt=f"Maximizing inputs and exemplars for layer {layer}.")
     table_rows, per_channel = [], []
     for row, channel in enumerate(channels):
         best_image = int(found.images[row, 0])

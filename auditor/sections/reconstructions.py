@@ -11,7 +11,7 @@ from PIL import Image
 
 from auditor.context import AuditContext
 from auditor.layers import resolve_layer, stage_layers
-from auditor.render import stack, titled, to_png
+from auditor.render import stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section
 from auditor.techniques.feature_maps import capture, strongest_channels
 from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, guided_backprop
@@ -72,7 +72,7 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
                f"{class_name} (probability {probability:.3f}){of_channels}. "
                f"Grey is zero; colours show the sign and size of the gradient in each colour channel, each panel "
                f"scaled to its own 99.5th percentile.")
-    return Figure(f"reconstructions-{name}", caption, to_png(picture), "image/png",
+    return Figure(f"reconstructions-{name}", caption, to_jpeg(picture), "image/jpeg",
                   alt=f"Guided backprop and deconvnet reconstructions for {name}.")
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
 from auditor.references import resolve_classes
-from auditor.render import colorize, stack, titled, to_png
+from auditor.render import colorize, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.techniques.cam import CamNotApplicable, cam_maps
 from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, gradient, guided_backprop
@@ -221,7 +221,7 @@ def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: l
                  .resize((TILE_PX, TILE_PX)) for m in maps]
         label = Image.new("RGB", (TILE_PX, TILE_PX), "white")
         rows.append(stack([titled(label, NAMES[method], size=10), *tiles], vertical=False, gap=3))
-    return to_png(stack([titled(photo, ctx.images.names[index], size=10), *rows], gap=3))
+    return to_jpeg(stack([titled(photo, ctx.images.names[index], size=10), *rows], gap=3))
 
 
 def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
@@ -309,7 +309,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                f"The randomisation test on {ctx.images.names[rows[0]]}: each method's map (rows, inferno: black low, "
                f"yellow at the map's 99th percentile) on the trained model, then after each cumulative randomisation step. A method whose "
                f"maps keep their shape as the model loses its weights shows the image's edges, not the model.",
-               cascade_picture(ctx, rows[0], original, labels, step_maps), "image/png",
+               cascade_picture(ctx, rows[0], original, labels, step_maps), "image/jpeg",
                alt="Maps of each method under cascading randomisation."),
     ]
     cost = {"images": n, "cascade_steps": len(labels), "perturbation_steps": steps + 1,
@@ -321,7 +321,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
             "whether the pixels a map ranks highest are the ones the prediction needs. The metrics can disagree "
             "with each other and vary between images (see the ± spread): read them together, and prefer methods "
             f"that pass the sanity check and beat the random map on both curves. Cost: {cost['forward_images']} "
-            f"images through the model, {seconds:.1f} s; `--trust-images` and `--trust-steps` trade it against "
+            f"images through the model, {seconds:.1f} s; --trust-images and --trust-steps trade it against "
             f"precision.")
     notes = [f"{NAMES[m]} is not scored: {why}" for m, why in original.missing.items() if why]
     metrics = {"methods": results, "random_baseline": baseline, "baseline": curves.baseline,

@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from auditor.errors import AuditorError
-from auditor.hooks import forward_hooks
+from auditor.hooks import truncated_forward
 from auditor.layers import resolve_layer
 from auditor.state import audit_mode
 
@@ -128,14 +128,6 @@ class _RectifierMode(TorchFunctionMode):
         return _Rectify.apply(x, upper, self.guided, inplace)
 
 
-class _Stop(Exception):
-    """Raised by a forward hook to end the forward pass at the chosen layer, carrying its output."""
-
-    def __init__(self, output: Any) -> None:
-        super().__init__()
-        self.output = output
-
-
 def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
                     layer: str | nn.Module | None, mode: _RectifierMode | None, method: str) -> torch.Tensor:
     """The shared pipeline: forward (under the rectifier mode, if any), objective, input gradient."""
@@ -157,19 +149,12 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | S
 def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None,
              mode: _RectifierMode | None) -> Any:
     """The logits, or the output of `layer`'s first call (the forward pass stops there)."""
-    hooks = []
-    if layer is not None:
-        _, module = resolve_layer(model, layer)
-        hooks = [(module, _stop_hook)]
-    with forward_hooks(hooks), mode if mode is not None else nullcontext():
-        try:
+    with mode if mode is not None else nullcontext():
+        if layer is None:
             return model(x)
-        except _Stop as stop:
-            return stop.output
-
-
-def _stop_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-    raise _Stop(output)
+        _, module = resolve_layer(model, layer)
+        with truncated_forward(model, module) as run:
+            return run(x)
 
 
 def _objective(output: Any, targets: torch.Tensor, layer: str | nn.Module | None) -> torch.Tensor:
