@@ -148,7 +148,8 @@ def cli() -> None:
               help="Image file or folder (repeatable; subfolders named after classes give true labels). "
                    "Default: the bundled demo photos.")
 @click.option("--labels", type=click.Path(), help="Class names: a .txt file (one per line) or .json (list or "
-                                                  "index-to-name mapping). Default: ImageNet names for ImageNet models.")
+                                                  "index-to-name mapping). Default: ImageNet names for ImageNet "
+                                                  "models.")
 @click.option("--input-size", type=click.IntRange(16, 4096), help="Square input size (center crop) fed to the model.")
 @click.option("--mean", callback=_triple, help="Normalization mean: one number or three, e.g. 0.485,0.456,0.406.")
 @click.option("--std", callback=_triple, help="Normalization std: one number or three.")

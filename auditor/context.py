@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from PIL import Image
 
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
@@ -60,6 +61,15 @@ class AuditContext:
         tensors = self.images.tensors
         for start in range(0, len(tensors), size):
             yield start, tensors[start:start + size].to(self.device)
+
+    def inputs(self, indices: list[int]) -> torch.Tensor:
+        """The model inputs of these images, as one batch on the device."""
+        return self.images.tensors[indices].to(self.device)
+
+    def photo(self, index: int, size: int | None = None) -> Image.Image:
+        """Image `index` as the model saw it (crop, before normalisation), resized to size × size if given."""
+        image = self.images.originals[index]
+        return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
 
     def gallery_indices(self) -> list[int]:
         """The images a gallery shows: the first `--gallery-images` in file order (every number counts all)."""

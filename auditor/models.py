@@ -121,7 +121,8 @@ def _load_spec(spec: str, weights: str | None, trust_pickle: bool) -> LoadedMode
     path = Path(spec)
     if path.is_file():
         if weights is not None and weights.lower() != "none":
-            raise AuditorError(f"--weights: {spec} is a whole model file; --weights only goes with an architecture name")
+            raise AuditorError(f"--weights: {spec} is a whole model file; --weights only goes with an architecture "
+                               f"name")
         return _load_model_file(path, trust_pickle)
     if ":" in spec and not path.exists():
         return _load_callable(spec, weights)

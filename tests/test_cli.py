@@ -110,7 +110,7 @@ def test_techniques_lists_builtins_and_plugins(runner, tmp_path, monkeypatch) ->
     result = _invoke(runner, "techniques")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert lines[0].startswith("predictions ") and lines[1].startswith("architecture ")
+    assert [line.split()[0] for line in lines[:3]] == ["predictions", "trust", "architecture"]
     assert re.search(r"^listed\s+Counts the images \(a test plugin\)\.\s+\[fake-plugin-listed", result.output, re.M)
 
 

@@ -21,7 +21,8 @@ from auditor import RunOptions, run_audit, write_report
 from auditor.images import BUNDLED_PHOTOS
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs pdftotext: apt-get install poppler-utils")]
+              pytest.mark.skipif(shutil.which("pdftotext") is None,
+                                 reason="needs pdftotext: apt-get install poppler-utils")]
 
 TEXT_RIGHT_PT = 595.28 - 14 / 25.4 * 72  # A4 width less the 14 mm right margin of report.css's @page
 HEADERS = {"module", "type", "parameters", "output", "shape", "trainable", "share", "MACs"}  # and "hyper-…"

@@ -119,7 +119,7 @@ def test_cam_classes_by_name_or_index_and_clear_errors() -> None:
 
     names = ["tabby cat", "tiger_cat", "Egyptian cat"]
     assert resolve_classes(("Tiger Cat", "2", "tabby_cat", "2"), names) == [1, 2, 0]
-    with pytest.raises(AuditorError, match=r"--cam-classes: class 3 is out of range; the model has 3 classes \(0 to 2\)"):
+    with pytest.raises(AuditorError, match=r"--cam-classes: class 3 is out of range; the model has 3 classes"):
         resolve_classes(("3",), names)
     with pytest.raises(AuditorError, match="no class named 'tigre cat'; close names: tiger cat"):
         resolve_classes(("tigre cat",), names)

@@ -23,7 +23,7 @@ COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "
 def example_input(ctx: AuditContext) -> torch.Tensor:
     """One input of the model's size: the first audited image, so data-dependent code takes a real path."""
     if len(ctx.images):
-        return ctx.images.tensors[:1].to(ctx.device)
+        return ctx.inputs([0])
     crop = ctx.model.preprocess.crop
     return torch.zeros(1, 3, crop, crop, device=ctx.device)
 

@@ -56,7 +56,7 @@ def plan(ctx: AuditContext, top_k: int, chosen: list[int]) -> Plan:
 
 
 def overlay_tile(ctx: AuditContext, image_index: int, heat: torch.Tensor, title: str) -> Image.Image:
-    photo = ctx.images.originals[image_index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+    photo = ctx.photo(image_index, TILE_PX)
     small = heat.float().cpu().numpy()
     return titled(overlay(photo, small), title, size=11)
 
@@ -80,7 +80,7 @@ def image_figure(ctx: AuditContext, result: CamResult, p: Plan, row: int, target
     for method, maps in result.maps.items():
         tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], class_title(ctx, index, c)) for c in classes]
         method_rows.append(titled(stack(tiles, vertical=False, gap=4), METHOD_NAMES[method], size=13))
-    photo = titled(ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC), name, size=11)
+    photo = titled(ctx.photo(index, TILE_PX), name, size=11)
     picture = stack([stack([photo, stack(method_rows, gap=8)], vertical=False, gap=12), scale_bar()], gap=8)
     methods = ", ".join(METHOD_NAMES[m] for m in result.maps)
     true_text = " and its true class (✓)" if ctx.images.labels[index] is not None else ""
@@ -101,9 +101,9 @@ def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
                  for row, index in enumerate(p.shown)]
         rows.append(titled(stack(tiles, vertical=False, gap=4), ctx.class_names[class_index], size=13))
     picture = stack([*rows, scale_bar()], gap=8)
-    caption = (f"The same class across images: Grad-CAM of each class (rows) on each image (columns, with the "
-               f"class's probability). A map that lights up on unrelated images shows what the class detector "
-               f"responds to in general, not only where the class is.")
+    caption = ("The same class across images: Grad-CAM of each class (rows) on each image (columns, with the "
+               "class's probability). A map that lights up on unrelated images shows what the class detector "
+               "responds to in general, not only where the class is.")
     return Figure("cam-per-class", caption, to_jpeg(picture), "image/jpeg", alt="Grad-CAM per class across images.")
 
 
@@ -114,7 +114,7 @@ def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[i
     for row in wrong:
         index = p.shown[row]
         predicted, true = int(ctx.forward.top_indices[index, 0]), ctx.images.labels[index]
-        photo = titled(ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC),
+        photo = titled(ctx.photo(index, TILE_PX),
                        ctx.images.names[index], size=11)
         tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], f"{kind}: {class_title(ctx, index, c)}")
                  for kind, c in (("predicted", predicted), ("true", true))]
@@ -134,7 +134,7 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
     rows = []
     for row, index in enumerate(p.shown):
-        photo = ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+        photo = ctx.photo(index, TILE_PX)
         product = guided[row] * grad_cam[row].to(guided.dtype)
         pictures = [photo, overlay(photo, grad_cam[row].numpy()),
                     _picture(gradient_picture(guided[row])), _picture(gradient_picture(product))]
@@ -163,15 +163,16 @@ def peak(heat: torch.Tensor) -> list[float]:
 def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     chosen = resolve_classes(settings["cam_classes"], ctx.class_names)
     p = plan(ctx, settings["cam_top_k"], chosen)
-    batch = ctx.images.tensors[p.shown].to(ctx.device)
+    batch = ctx.inputs(p.shown)
     layer = settings["cam_layer"] or None
     result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"])
     target_text = ("differentiating the class logit" if result.target == "logit"
                    else "differentiating the softmax probability")
     blocks: list[Any] = [image_figure(ctx, result, p, row, target_text) for row in range(len(p.shown))]
     blocks.append(class_figure(ctx, result, p))
-    wrong = [row for row, index in enumerate(p.shown)
-             if ctx.images.labels[index] is not None and int(ctx.forward.top_indices[index, 0]) != ctx.images.labels[index]]
+    labels = [ctx.images.labels[index] for index in p.shown]
+    wrong = [row for row, (index, label) in enumerate(zip(p.shown, labels))
+             if label is not None and int(ctx.forward.top_indices[index, 0]) != label]
     if wrong:
         blocks.append(mistakes_figure(ctx, result, p, wrong))
     blocks.append(guided_figure(ctx, result, p, batch))

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from auditor.context import AuditContext
 from auditor.layers import stage_layers
@@ -43,7 +42,7 @@ def layer_figure(layer: str, maps: torch.Tensor, ctx: AuditContext, shown: list[
         chosen = maps[row, strongest.indices[row]].float().numpy()
         grid = tile_grid([upscale(channel_picture(m), TILE_PX) for m in chosen], COLUMNS,
                          [f"{int(c)}" for c in strongest.indices[row]])
-        photo = ctx.images.originals[image_index].resize((grid.height, grid.height), Image.Resampling.BICUBIC)
+        photo = ctx.photo(image_index, grid.height)
         rows.append(stack([titled(photo, ctx.images.names[image_index]), titled(grid, "strongest channels")],
                           vertical=False, gap=10))
     _, c, h, w = maps.shape
@@ -59,7 +58,7 @@ def layer_figure(layer: str, maps: torch.Tensor, ctx: AuditContext, shown: list[
 
 def feature_maps_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     shown = ctx.gallery_indices()
-    batch = ctx.images.tensors[shown].to(ctx.device)
+    batch = ctx.inputs(shown)
     layers = list(settings["feature_layers"]) or default_feature_layers(ctx, batch[:1])
     maps = capture(ctx.module, layers, batch)  # one forward pass for every layer
     blocks = [layer_figure(layer, maps[layer], ctx, shown, settings["feature_channels"]) for layer in maps]

@@ -32,8 +32,9 @@ def kernel_figure(tiles: KernelTiles, count: int, model_name: str) -> Figure:
                f"(blue) through 0 (white) to +{limit:.3g} (red), shared by all tiles")
     more = f"the first {len(shown)} of {out} filters" if len(shown) < out else f"all {out} filters"
     grouped = f", groups={tiles.groups}" if tiles.groups > 1 else ""
-    caption = (f"Convolution kernels of {model_name} layer {tiles.layer} (weights {'×'.join(map(str, tiles.weight_shape))}"
-               f"{grouped}): {more}, {kh}×{kw} each, in filter order left to right; {how}.")
+    shape = "×".join(map(str, tiles.weight_shape))
+    caption = (f"Convolution kernels of {model_name} layer {tiles.layer} (weights {shape}{grouped}): {more}, "
+               f"{kh}×{kw} each, in filter order left to right; {how}.")
     return Figure(f"kernels-{tiles.layer}", caption, to_png(grid), "image/png",
                   alt=f"Grid of {len(shown)} {kh}×{kw} kernels of layer {tiles.layer}.")
 

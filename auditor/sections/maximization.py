@@ -46,7 +46,7 @@ def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exem
              for method, result in results.items()]
     for image_index, value, box in zip(found.images[row].tolist(), found.activations[row].tolist(),
                                        found.boxes[row].tolist()):
-        crop = ctx.images.originals[image_index].crop(tuple(int(v) for v in box))
+        crop = ctx.photo(image_index).crop(tuple(int(v) for v in box))
         tiles.append(_tile(crop, f"{ctx.images.names[image_index]}: {value:.3g}"))
     return titled(stack(tiles, vertical=False, gap=4), f"channel {found.channels[row]}", size=13)
 
@@ -55,7 +55,7 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
     size, steps = settings["max_size"], settings["max_steps"]
     layer = settings["max_layer"] or default_layer(ctx.module, size)
     layer, _ = resolve_layer(ctx.module, layer, "--max-layer", ctx.model.name)
-    example = ctx.images.tensors[:1].to(ctx.device)
+    example = ctx.inputs([0])
     channel_count = capture(ctx.module, [layer], example, option="--max-layer")[layer].shape[1]
     channels = list(settings["max_channels"]) or default_channels(channel_count)
     if max(channels) >= channel_count:

@@ -39,7 +39,7 @@ def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
             lines.append(f"folder {images.label_names[i]!r} matches no class name")
         cards.append(Card(
             title=image_name,
-            image=to_jpeg(images.originals[i], quality=85),
+            image=to_jpeg(ctx.photo(i), quality=85),
             mime="image/jpeg",
             bars=[Bar(n, p, highlight=(n == truth)) for n, p in top],
             lines=lines,

@@ -56,7 +56,7 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
                  class_name: str, probability: float, layer: str, channels: list[int], plain: bool) -> Figure:
     """The photo, then one row per method: the top class and each strong channel projected to pixels."""
     name = ctx.images.names[index]
-    photo = ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+    photo = ctx.photo(index, TILE_PX)
     targets = [f"{class_name} ({probability:.2f})"] + [f"{layer} ch {c}" for c in channels]
     method_rows = []
     for method, gradients in results.items():
@@ -78,7 +78,7 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
 
 def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     shown = ctx.gallery_indices()
-    batch = ctx.images.tensors[shown].to(ctx.device)
+    batch = ctx.inputs(shown)
     classes = ctx.forward.top_indices[shown, 0]
     layer, channels, skipped = "", torch.zeros(len(shown), 0, dtype=torch.long), []
     if isinstance(ctx.module, torch.jit.ScriptModule):
@@ -96,7 +96,8 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
     results, notes = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
     plain = any("no rectifier" in note for note in notes)
     if not plain:
-        ctx.shared.update({method: {"shown": shown, "gradients": gradients[0]} for method, gradients in results.items()})
+        ctx.shared.update({method: {"shown": shown, "gradients": gradients[0]}
+                           for method, gradients in results.items()})
     blocks = []
     for row, index in enumerate(shown):
         class_index = int(classes[row])

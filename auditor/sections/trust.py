@@ -111,7 +111,8 @@ def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
             known[method] = gradient_saliency(shared["gradients"][:len(rows)].float())
     guided = ctx.shared.get("guided backprop")
     if "grad-cam" in known and guided is not None and guided["shown"][:len(rows)] == rows:
-        known["guided-grad-cam"] = gradient_saliency(guided["gradients"][:len(rows)].float() * known["grad-cam"][:, None])
+        product = guided["gradients"][:len(rows)].float() * known["grad-cam"][:, None]
+        known["guided-grad-cam"] = gradient_saliency(product)
     return known
 
 
@@ -157,7 +158,7 @@ def localisation(ctx: AuditContext, path: str, layer: str, target: str) -> dict[
     for index, class_index, box in boxes_for(ctx, path):
         groups.setdefault((index, class_index), []).append(box)
     keys = list(groups)
-    x = ctx.images.tensors[[i for i, _ in keys]].to(ctx.device)
+    x = ctx.inputs([i for i, _ in keys])
     targets = torch.tensor([c for _, c in keys], device=ctx.device)
     found = saliency(ctx.module, x, targets, layer, target)
     rects = [[b.rect for b in groups[key]] for key in keys]
@@ -210,7 +211,7 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
 def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: list[str],
                     step_maps: list[dict[str, torch.Tensor]]) -> bytes:
     """One image: each method's map (rows) on the trained model, then after each randomisation step."""
-    photo = ctx.images.originals[index].resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC)
+    photo = ctx.photo(index, TILE_PX)
     header = [titled(Image.new("RGB", (TILE_PX, 1), "white"), text, size=10)
               for text in ["", "trained", *labels[:-1], "all random"]]
     rows = [stack(header, vertical=False, gap=3)]
@@ -227,7 +228,7 @@ def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: l
 def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     started = time.perf_counter()
     rows = ctx.gallery_indices()[:settings["trust_images"]]
-    x = ctx.images.tensors[rows].to(ctx.device)
+    x = ctx.inputs(rows)
     top = ctx.forward.top_indices[rows, 0].clone().to(ctx.device)
     cam = ctx.shared.get("cam", {})
     layer = cam.get("layer") or ctx.options.settings.get("cam_layer") or None  # None: the automatic choice
@@ -307,8 +308,9 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                alt="Randomisation and deletion / insertion curves per method."),
         Figure(f"trust-cascade-{ctx.images.names[rows[0]]}",
                f"The randomisation test on {ctx.images.names[rows[0]]}: each method's map (rows, inferno: black low, "
-               f"yellow at the map's 99th percentile) on the trained model, then after each cumulative randomisation step. A method whose "
-               f"maps keep their shape as the model loses its weights shows the image's edges, not the model.",
+               f"yellow at the map's 99th percentile) on the trained model, then after each cumulative "
+               f"randomisation step. A method whose maps keep their shape as the model loses its weights shows "
+               f"the image's edges, not the model.",
                cascade_picture(ctx, rows[0], original, labels, step_maps), "image/jpeg",
                alt="Maps of each method under cascading randomisation."),
     ]
