@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import platform
 import random
 import time
@@ -100,13 +101,48 @@ def run_order(techniques: list[Any]) -> list[Any]:
     return ordered
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory",
+                                                                                  "can't allocate memory"))
+
+
+def _attempt(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
+    section = technique().run(ctx, options)
+    for block in section.blocks:
+        if isinstance(block, Figure) and block.mime == "image/svg+xml":
+            check_passive(block.data.decode("utf-8"), block.key)
+    return section
+
+
+def _with_half_batch(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
+    """The technique once more with half the batch, after it ran out of memory; the section says so."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    smaller = options.replace(batch_size=options.batch_size // 2)
+    ctx.options = smaller
+    try:
+        section = _attempt(technique, ctx, smaller)
+    finally:
+        ctx.options = options
+    section.notes.append(f"This technique ran out of memory with --batch-size {options.batch_size} and was run "
+                         f"again with {smaller.batch_size}.")
+    return section
+
+
 def _run_one(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
+    """The technique's section; on running out of memory, one retry with half the batch; else its error."""
     start = time.perf_counter()
     try:
-        section = technique().run(ctx, options)
-        for block in section.blocks:
-            if isinstance(block, Figure) and block.mime == "image/svg+xml":
-                check_passive(block.data.decode("utf-8"), block.key)
+        try:
+            section = _attempt(technique, ctx, options)
+        except Exception as error:
+            if not is_out_of_memory(error) or options.batch_size < 2:
+                raise
+            section = _with_half_batch(technique, ctx, options)
     except Exception as error:
         if options.strict:
             raise
@@ -155,6 +191,10 @@ def audit_record(
                 for n, h, label in zip(images.names, images.sha256, images.label_names)
             ],
             "skipped": [{"name": n, "reason": r} for n, r in images.skipped],
+            "gallery": None if images.gallery is None else {  # None when no technique showed images
+                "shown": [images.names[i] for i in images.gallery.indices],
+                "rule": images.gallery.rule,
+            },
         },
         "environment": {
             "python": platform.python_version(),

@@ -15,6 +15,7 @@ from auditor.errors import AuditorError
 from auditor.options import Option
 
 EXIT_TECHNIQUE_FAILED = 3
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -173,6 +174,7 @@ def cli() -> None:
               help="An option for a plugin technique that declares none (repeatable), read from options.extra.")
 @click.option("--strict", is_flag=True, help="Stop at the first failing technique and show its traceback "
                                              "(default: report the failure in its section and go on).")
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (for bug reports).")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
               help="A TOML file of options (names as in the report's option list); flags given here win.")
 def run(**params: Any) -> None:
@@ -181,6 +183,7 @@ def run(**params: Any) -> None:
     Exit status: 0 on success, 1 for bad input, 3 when the report was written but a technique failed.
     """
     _setup_logging()
+    debug = params.pop("debug")
     options = options_from_params(params)
     try:
         from auditor.audit import run_audit
@@ -196,7 +199,14 @@ def run(**params: Any) -> None:
             click.echo("writing report" + (" and PDF" if options.pdf else ""), err=True)
         written = write_report(report, options.out, pdf=options.pdf, figures=options.figures)
     except AuditorError as error:
+        if debug:
+            raise
         raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.secho("interrupted: no report file was written or changed", fg="red", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     for kind, path in written.items():
         click.echo(f"{kind}: {path}")
     if report.failed:

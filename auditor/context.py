@@ -12,7 +12,7 @@ from PIL import Image
 
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
-from auditor.images import ImageSet
+from auditor.images import Gallery, ImageSet, choose_gallery
 from auditor.models import LoadedModel, imagenet_class_names
 
 
@@ -50,30 +50,46 @@ class AuditContext:
         self.device = device
         self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
         self.shared: dict[str, Any] = {}  # results a technique publishes for later ones (see `after` in registry)
+        images.gallery = None  # chosen anew for this audit, once its predictions are known
 
     @property
     def module(self) -> torch.nn.Module:
         return self.model.module
 
     def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """(start index, input batch on the device), `--batch-size` at a time: one batch on the device at once."""
+        """(start index, input batch on the device), `--batch-size` at a time, each decoded as it is needed.
+
+        Only one batch is in memory at once, whatever the number of images.
+        """
         size = max(1, self.options.batch_size)
-        tensors = self.images.tensors
-        for start in range(0, len(tensors), size):
-            yield start, tensors[start:start + size].to(self.device)
+        for start in range(0, len(self.images), size):
+            chosen = range(start, min(start + size, len(self.images)))
+            yield start, self.images.inputs(chosen, keep=False).to(self.device)
 
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """The model inputs of these images, as one batch on the device."""
-        return self.images.tensors[indices].to(self.device)
+        return self.images.inputs(indices).to(self.device)
 
     def photo(self, index: int, size: int | None = None) -> Image.Image:
         """Image `index` as the model saw it (crop, before normalisation), resized to size × size if given."""
-        image = self.images.originals[index]
+        image = self.images.photo(index)
         return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
 
+    @cached_property
+    def gallery(self) -> Gallery:
+        """At most `--gallery-images` images for galleries, chosen by the rule it states (see choose_gallery).
+
+        Also kept on the ImageSet, where the audit record finds it.
+        """
+        top = self.forward.top_indices[:, 0].tolist()
+        correct = [None if label is None else top[i] == label for i, label in enumerate(self.images.labels)]
+        gallery = choose_gallery(self.forward.top_probabilities[:, 0].tolist(), correct, self.options.gallery_images)
+        self.images.gallery = gallery
+        return gallery
+
     def gallery_indices(self) -> list[int]:
-        """The images a gallery shows: the first `--gallery-images` in file order (every number counts all)."""
-        return list(range(min(len(self.images), self.options.gallery_images)))
+        """The images a gallery shows, in the gallery's order (every number still counts all images)."""
+        return list(self.gallery.indices)
 
     @cached_property
     def forward(self) -> Forward:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +23,63 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 BUNDLED_PHOTOS = Path(__file__).parent / "data" / "photos"
 
 
+CACHE_SIZE = 32  # display crops kept decoded: the galleries' photos, which several sections draw again
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The images that galleries show and why: a bounded sample of a large folder, by a stated rule."""
+
+    indices: list[int]  # in the order shown
+    reasons: list[str]  # why each is shown ("misclassified", "least confident", ...); "" when all images fit
+    rule: str  # the rule in one sentence, for the report
+
+
+def choose_gallery(confidence: Sequence[float], correct: Sequence[bool | None], count: int) -> Gallery:
+    """At most `count` images to show, by a rule the report states; all of them, in file order, if they fit.
+
+    Otherwise misclassified images come first (the most confident mistakes first), then the least and
+    the most confident of the others alternately (top-1 probability), ties in file order: the cases a
+    reviewer most needs to see, while every number still counts every image.
+    """
+    total = len(correct)
+    if total <= count:
+        return Gallery(list(range(total)), [""] * total, f"all {total} images, in file order")
+    wrong = sorted((i for i in range(total) if correct[i] is False), key=lambda i: (-confidence[i], i))[:count]
+    rest = [i for i in range(total) if correct[i] is not False]
+    turns = [(iter(sorted(rest, key=lambda i: (confidence[i], i))), "least confident"),
+             (iter(sorted(rest, key=lambda i: (-confidence[i], i))), "most confident")]
+    picked = {i: "misclassified" for i in wrong}
+    while len(picked) < count:  # count < total: an image not yet picked is left in both orders
+        order, reason = turns[(len(picked) - len(wrong)) % 2]
+        picked[next(i for i in order if i not in picked)] = reason
+    labelled = any(c is not None for c in correct)
+    first = (f"misclassified images first ({len(wrong)} of {sum(c is False for c in correct)}, the most "
+             f"confident mistakes first), then " if labelled else "")
+    rule = (f"{count} of {total} images: {first}the least and the most confident predictions alternately "
+            f"(top-1 probability), ties in file order")
+    return Gallery(list(picked), list(picked.values()), rule)
+
+
 @dataclass
 class ImageSet:
-    """The decoded images: model inputs, the crops the model saw, names, labels, and what was skipped."""
+    """The images to audit as a list of files, decoded and preprocessed on demand: never all at once.
 
-    tensors: torch.Tensor  # N x 3 x H x W, normalized model inputs
-    originals: list[Image.Image]  # RGB crops exactly as the model saw them (before normalization)
-    names: list[str]  # display names (path relative to the folder given)
-    sha256: list[str]  # of each file's bytes
-    labels: list[int | None]  # class index when the folder name matches a class
-    label_names: list[str | None]  # the folder name, even when it matches no class
+    Loading reads each file once to check that it decodes, hash it and measure it; `inputs` and `photo`
+    read it again when asked (checking the hash), so memory holds one batch and a few cached crops,
+    whatever the folder's size.
+    """
+
+    paths: list[Path] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # display names (path relative to the folder given)
+    sha256: list[str] = field(default_factory=list)  # of each file's bytes
+    labels: list[int | None] = field(default_factory=list)  # class index when the folder name matches a class
+    label_names: list[str | None] = field(default_factory=list)  # the folder name, even when it matches no class
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each file, upright
+    preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] = field(default_factory=Preprocess)
+    gallery: Gallery | None = None  # chosen by the audit once the predictions are known (AuditContext.gallery)
+    _cache: OrderedDict[int, Image.Image] = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -41,6 +87,46 @@ class ImageSet:
     @property
     def has_labels(self) -> bool:
         return any(label is not None for label in self.labels)
+
+    def photo(self, index: int, keep: bool = True) -> Image.Image:
+        """Image `index` as the model sees it (the crop, before normalisation); the most recent are cached.
+
+        keep=False does not cache a new one: a pass over the whole folder would only evict the gallery's.
+        """
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        image = decode(self._read(index))
+        shown = self.preprocess.display(image) if isinstance(self.preprocess, Preprocess) else image
+        if keep:
+            self._cache[index] = shown
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return shown
+
+    def inputs(self, indices: Iterable[int], keep: bool = True) -> torch.Tensor:
+        """The model inputs of these images as one batch (len(indices) x 3 x H x W), decoded now."""
+        to_tensor = self.preprocess.to_tensor if isinstance(self.preprocess, Preprocess) else self.preprocess
+        return torch.stack([to_tensor(self.photo(i, keep)) for i in indices])
+
+    @property
+    def tensors(self) -> torch.Tensor:
+        """Every image's input as one tensor, built anew on each access: for a few images in a notebook.
+
+        The audit itself never builds it; it streams through `inputs`, a batch at a time.
+        """
+        return self.inputs(range(len(self)), keep=False)
+
+    def _read(self, index: int) -> bytes:
+        """The file's bytes, as they were when loaded: a file changed or gone since is a user error."""
+        try:
+            data = self.paths[index].read_bytes()
+        except OSError as error:
+            raise AuditorError(f"--images: {self.paths[index]} can no longer be read ({_reason(error)}); "
+                               f"keep the images in place while the audit runs") from None
+        if hashlib.sha256(data).hexdigest() != self.sha256[index]:
+            raise AuditorError(f"--images: {self.paths[index]} changed while the audit ran; run the audit again")
+        return data
 
 
 def discover(paths: Sequence[str | Path]) -> list[tuple[Path, str, str | None]]:
@@ -109,8 +195,9 @@ def load_images(
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
 ) -> ImageSet:
-    """Load images (files or folders; default: the bundled photos) ready for the model.
+    """Find and check images (files or folders; default: the bundled photos) for the model.
 
+    Each file is decoded once here to check it, then again batch by batch when the audit needs it.
     Unreadable files are skipped with a warning and listed in `ImageSet.skipped`; no image left is
     an AuditorError.
     """
@@ -124,7 +211,7 @@ def load_images(
         raise AuditorError(
             f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, paths))}"
         )
-    return _decode_all(entries, preprocess, class_names)
+    return _scan(entries, preprocess, class_names)
 
 
 def _reason(error: Exception) -> str:
@@ -135,34 +222,29 @@ def _reason(error: Exception) -> str:
     return text or type(error).__name__
 
 
-def _decode_all(
+def _scan(
     entries: Iterable[tuple[Path, str, str | None]],
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
     class_names: Sequence[str],
 ) -> ImageSet:
-    tensors, originals, names, hashes, label_names, sizes = [], [], [], [], [], []
+    """One pass over the files: decode each to check it, keep its hash and size, and drop the pixels."""
+    paths, names, hashes, label_names, sizes = [], [], [], [], []
     skipped: list[tuple[str, str]] = []
     for path, name, label_name in entries:
         try:
             data = path.read_bytes()
-            image = decode(data)
+            size = decode(data).size
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             reason = _reason(error)
             log.warning("skipping %s: not a readable image (%s)", path, reason)
             skipped.append((name, reason))
             continue
-        if isinstance(preprocess, Preprocess):
-            shown = preprocess.display(image)
-            tensor = preprocess.to_tensor(shown)
-        else:
-            shown, tensor = image, preprocess(image)
-        tensors.append(tensor)
-        originals.append(shown)
+        paths.append(path)
         names.append(name)
         hashes.append(hashlib.sha256(data).hexdigest())
         label_names.append(label_name)
-        sizes.append(image.size)
-    if not tensors:
+        sizes.append(size)
+    if not paths:
         listed = "; ".join(f"{name}: {reason}" for name, reason in skipped)
         raise AuditorError(f"--images: none of the files could be read as an image ({listed})")
     folders = {n: match_label(n, class_names) for n in set(label_names) if n is not None}
@@ -170,4 +252,4 @@ def _decode_all(
     unknown = sorted(n for n, i in folders.items() if i is None)
     if unknown and class_names:
         log.warning("label folders that match no class name, shown without a true class: %s", ", ".join(unknown))
-    return ImageSet(torch.stack(tensors), originals, names, hashes, labels, label_names, skipped, sizes)
+    return ImageSet(paths, names, hashes, labels, label_names, skipped, sizes, preprocess)

@@ -40,7 +40,7 @@ BUILTINS: tuple[str, ...] = (
 
 # Flags of `auditor run` itself, which no technique option may take.
 CORE_FLAGS = frozenset({f.name.replace("_", "-") for f in dataclasses.fields(RunOptions)}
-                       | {"option", "config", "help", "version", "no-pdf"})
+                       | {"option", "config", "debug", "help", "version", "no-pdf"})
 
 
 @runtime_checkable

@@ -70,7 +70,7 @@ class Broken(nn.Module):
 def context(module: nn.Module, size: int, **options: Any) -> tuple[AuditContext, RunOptions]:
     """A context with no images, so the technique feeds one zero input of size x size."""
     loaded = LoadedModel(module, Preprocess(resize=size, crop=size), [], type(module).__name__, "test", "module", "")
-    images = ImageSet(torch.empty(0, 3, size, size), [], [], [], [], [])
+    images = ImageSet()
     run_options = RunOptions(device="cpu", **options).with_declared(Architecture.options)
     return AuditContext(loaded, images, run_options, torch.device("cpu"), requires_grad_flags(module)), run_options
 

@@ -305,14 +305,15 @@ def test_match_label(folder, class_names, expected):
 def test_tensors_are_normalized_as_the_preprocess_says(make_image):
     preprocess = Preprocess(resize=32, crop=16, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
     images = load_images(make_image("solid.png", size=(300, 200), color=COLOR), preprocess)
-    assert images.tensors.shape == (1, 3, 16, 16)
-    assert images.tensors.dtype == torch.float32
+    x = images.inputs([0])
+    assert x.shape == (1, 3, 16, 16)
+    assert x.dtype == torch.float32
     expected = [(200 / 255 - 0.5) / 0.25, (100 / 255 - 0.4) / 0.2, (50 / 255 - 0.3) / 0.1]
-    assert images.tensors[0, :, 7, 9].tolist() == pytest.approx(expected, abs=1e-6)
-    assert torch.allclose(images.tensors[0], torch.tensor(expected).view(3, 1, 1).expand(3, 16, 16), atol=1e-6)
-    assert images.originals[0].size == (16, 16) and images.originals[0].mode == "RGB"
-    assert images.originals[0].getpixel((0, 0)) == COLOR
-    assert torch.allclose(preprocess.denormalize(images.tensors[0])[:, 0, 0],
+    assert x[0, :, 7, 9].tolist() == pytest.approx(expected, abs=1e-6)
+    assert torch.allclose(x[0], torch.tensor(expected).view(3, 1, 1).expand(3, 16, 16), atol=1e-6)
+    assert images.photo(0).size == (16, 16) and images.photo(0).mode == "RGB"
+    assert images.photo(0).getpixel((0, 0)) == COLOR
+    assert torch.allclose(preprocess.denormalize(x[0])[:, 0, 0],
                           torch.tensor(COLOR, dtype=torch.float32) / 255, atol=1e-6)
 
 
@@ -349,7 +350,7 @@ def test_tensors_match_torchvision_reference_transforms(make_image, weights, siz
 def test_image_smaller_than_the_crop_is_upscaled(make_image):
     images = load_images(make_image("small.png", size=(40, 20)), Preprocess(resize=64, crop=56))
     assert images.tensors.shape == (1, 3, 56, 56)
-    assert images.originals[0].size == (56, 56)
+    assert images.photo(0).size == (56, 56)
 
 
 def test_custom_preprocess_callable(make_image):
@@ -357,7 +358,7 @@ def test_custom_preprocess_callable(make_image):
     images = load_images([path], preprocess=lambda image: torch.full((3, 8, 8), float(image.width)))
     assert images.tensors.shape == (1, 3, 8, 8)
     assert images.tensors[0, 0, 0, 0].item() == 30.0
-    assert images.originals[0].size == (30, 20)  # the decoded image, uncropped
+    assert images.photo(0).size == (30, 20)  # the decoded image, uncropped
 
 
 def test_sha256_is_of_the_file_bytes(make_image):
@@ -376,5 +377,46 @@ def test_bundled_photos_are_the_default(tmp_path):
     assert images.names == sorted(documented)
     assert dict(zip(images.names, images.sha256)) == documented
     assert images.labels == [None] * 5 and images.skipped == []
-    camera = np.asarray(images.originals[images.names.index("camera.png")])  # stored as grayscale
+    camera = np.asarray(images.photo(images.names.index("camera.png")))  # stored as grayscale
     assert (camera[..., 0] == camera[..., 1]).all() and (camera[..., 1] == camera[..., 2]).all()
+
+
+# --- decoding on demand -------------------------------------------------------------------------------------
+
+
+def test_inputs_and_photos_are_decoded_again_on_demand(make_image):
+    paths = [make_image(f"{c}.png", size=(40, 30), color=(c, 0, 0)) for c in (10, 120, 250)]
+    preprocess = Preprocess(resize=16, crop=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    images = load_images(paths, preprocess)
+    assert images.sizes == [(40, 30)] * 3
+    x = images.inputs([2, 0])
+    assert x.shape == (2, 3, 16, 16)
+    assert x[:, 0, 5, 5].tolist() == pytest.approx([250 / 255, 10 / 255], abs=1e-6)  # the red channel, exactly
+    assert torch.equal(images.tensors, images.inputs([0, 1, 2]))
+    assert images.photo(1).getpixel((0, 0)) == (120, 0, 0)
+
+
+def test_a_file_changed_or_removed_after_loading_is_an_error(make_image):
+    changed, removed = make_image("changed.png"), make_image("removed.png")
+    images = load_images([changed, removed])
+    make_image("changed.png", color=(1, 2, 3))
+    removed.unlink()
+    with pytest.raises(AuditorError, match=re.escape(f"--images: {changed} changed while the audit ran")):
+        images.inputs([0])
+    with pytest.raises(AuditorError, match=re.escape(f"--images: {removed} can no longer be read")):
+        images.photo(1)
+
+
+def test_photo_cache_keeps_only_the_most_recent_crops(make_image, monkeypatch):
+    images = load_images([make_image(f"{i}.png") for i in range(4)], Preprocess(resize=8, crop=8))
+    monkeypatch.setattr("auditor.images.CACHE_SIZE", 2)
+    decoded_files = []
+    real_decode = decode
+    monkeypatch.setattr("auditor.images.decode", lambda data: decoded_files.append(data) or real_decode(data))
+    for i in (0, 1, 0, 2, 3):  # 0 is cached when asked again; 2 and 3 push 0 and 1 out
+        images.photo(i)
+    assert len(decoded_files) == 4
+    images.inputs([1, 2], keep=False)  # 1 is decoded again and not kept; 2 comes from the cache
+    assert len(decoded_files) == 5
+    images.inputs([3, 2])  # so 2 and 3 are still cached
+    assert len(decoded_files) == 5

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from auditor.audit import Report
@@ -26,13 +29,35 @@ def output_folder(out: str | Path) -> Path:
 
 
 def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: bool = False) -> dict[str, Path]:
-    """Write the report files into `out` (created if needed), each atomically; return their paths."""
+    """Write the report files into `out` (created if needed); return their paths.
+
+    Everything is rendered, then written into a hidden staging folder inside `out`, then moved into
+    place: a failure (a full disk, Ctrl-C) leaves the folder as it was, never half a report.
+    """
     folder = output_folder(out)
     html = render_html(report)
-    written = {"html": write_atomic(folder / "report.html", html.encode("utf-8"))}
-    written["json"] = write_atomic(folder / "report.json", render_json(report).encode("utf-8"))
+    rendered = {"html": ("report.html", html.encode("utf-8")),
+                "json": ("report.json", render_json(report).encode("utf-8"))}
     if pdf:
-        written["pdf"] = write_atomic(folder / "report.pdf", render_pdf(html))
-    if figures:
-        written["figures"] = write_figures(report, folder / "figures")
+        rendered["pdf"] = ("report.pdf", render_pdf(html))
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".auditor-staging-"))
+    try:
+        for name, data in rendered.values():
+            write_atomic(staging / name, data)
+        if figures:
+            write_figures(report, staging / "figures")
+        written = {}
+        for kind, (name, _) in rendered.items():
+            os.replace(staging / name, folder / name)
+            written[kind] = folder / name
+        if figures:
+            shutil.rmtree(folder / "figures", ignore_errors=True)
+            os.replace(staging / "figures", folder / "figures")
+            written["figures"] = folder / "figures"
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise AuditorError(f"--out: could not write the report into {folder} ({reason}); no report file was "
+                           f"changed") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written

@@ -1,4 +1,4 @@
-"""Predictions: each image with its top-k classes, the true class when known, and accuracy."""
+"""Predictions: the gallery's images with their top-k classes, and every image in a table with accuracy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 from auditor.context import AuditContext
 from auditor.render import to_jpeg
 from auditor.section import Bar, Card, Cards, Heading, Section, Table
+
+FOLD_ROWS = 50  # a longer per-image table is folded in the HTML and left out of the PDF (about a page)
 
 
 def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, float | int] | None:
@@ -19,49 +21,103 @@ def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, f
     return {"labelled_images": len(known), "top1": top1, f"top{top_indices.shape[1]}": topk}
 
 
-def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
-    """Cards with each image's top-k classes, a summary table, and accuracy when labels are known."""
-    forward = ctx.forward
-    names = ctx.class_names
-    images = ctx.images
-    k = forward.top_indices.shape[1]
-    cards, rows, per_image = [], [], []
+def per_class_accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[int, dict[str, float | int]]:
+    """accuracy() over the images of each true class, by class index, in index order."""
+    rows: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        if label is not None:
+            rows.setdefault(label, []).append(i)
+    return {label: accuracy(top_indices[rows[label]], [label] * len(rows[label])) for label in sorted(rows)}
+
+
+def truth(ctx: AuditContext, index: int) -> tuple[str | None, bool | None]:
+    """Image `index`'s true class name and whether the top-1 prediction is it (None, None when unknown)."""
+    label = ctx.images.labels[index]
+    if label is None:
+        return None, None
+    return ctx.class_names[label], int(ctx.forward.top_indices[index, 0]) == label
+
+
+def verdict(correct: bool | None) -> str:
+    return "" if correct is None else ("correct" if correct else "incorrect")
+
+
+def card(ctx: AuditContext, index: int, reason: str) -> Card:
+    """One image: its photo, top-k bars, the true class and why the gallery shows it."""
+    forward, names, images = ctx.forward, ctx.class_names, ctx.images
+    true_name, correct = truth(ctx, index)
+    lines = []
+    if true_name is not None:
+        p = float(forward.probabilities[index, images.labels[index]])
+        lines.append(f"true class: {true_name} (p = {p:.3f})")
+    elif images.label_names[index] is not None:
+        lines.append(f"folder {images.label_names[index]!r} matches no class name")
+    if reason:
+        lines.append(f"shown as: {reason}")
+    return Card(
+        title=images.names[index],
+        image=to_jpeg(ctx.photo(index), quality=85),
+        mime="image/jpeg",
+        bars=[Bar(names[j], float(p), highlight=(names[j] == true_name))
+              for j, p in zip(forward.top_indices[index].tolist(), forward.top_probabilities[index])],
+        lines=lines,
+        badge=verdict(correct),
+        badge_ok=correct,
+    )
+
+
+def per_image(ctx: AuditContext) -> tuple[list[list[object]], list[dict[str, object]]]:
+    """Every image's top-1 row for the table and its top-k entry for report.json."""
+    names, images = ctx.class_names, ctx.images
+    indices, probabilities = ctx.forward.top_indices.tolist(), ctx.forward.top_probabilities.tolist()
+    rows, entries = [], []
     for i, image_name in enumerate(images.names):
-        top = [(names[j], float(p)) for j, p in zip(forward.top_indices[i].tolist(), forward.top_probabilities[i])]
-        label = images.labels[i]
-        truth = names[label] if label is not None else None
-        correct = None if label is None else int(forward.top_indices[i, 0]) == label
-        badge = "" if correct is None else ("correct" if correct else "incorrect")
-        lines = []
-        if truth is not None:
-            lines.append(f"true class: {truth} (p = {float(forward.probabilities[i, label]):.3f})")
-        elif images.label_names[i] is not None:
-            lines.append(f"folder {images.label_names[i]!r} matches no class name")
-        cards.append(Card(
-            title=image_name,
-            image=to_jpeg(ctx.photo(i), quality=85),
-            mime="image/jpeg",
-            bars=[Bar(n, p, highlight=(n == truth)) for n, p in top],
-            lines=lines,
-            badge=badge,
-            badge_ok=correct,
-        ))
-        row = [image_name, top[0][0], round(top[0][1], 3)]
-        rows.append(row + [truth, badge or None] if images.has_labels else row)
-        per_image.append({"image": image_name, "top": [{"class": n, "probability": p} for n, p in top],
-                          "true_class": truth, "correct": correct})
-    metrics: dict[str, object] = {"images": per_image}
+        top = [(names[j], p) for j, p in zip(indices[i], probabilities[i])]
+        true_name, correct = truth(ctx, i)
+        row: list[object] = [image_name, top[0][0], round(top[0][1], 3)]
+        rows.append(row + [true_name, verdict(correct) or None] if images.has_labels else row)
+        entries.append({"image": image_name, "top": [{"class": n, "probability": p} for n, p in top],
+                        "true_class": true_name, "correct": correct})
+    return rows, entries
+
+
+def class_table(ctx: AuditContext, k: int) -> tuple[Table, list[dict[str, object]]]:
+    """Accuracy per true class, over every labelled image, as a table and as report.json entries."""
+    found = per_class_accuracy(ctx.forward.top_indices, ctx.images.labels)
+    entries = [{"class": ctx.class_names[c], **scores} for c, scores in found.items()]
+    rows = [[e["class"], e["labelled_images"], round(float(e["top1"]), 3), round(float(e[f"top{k}"]), 3)]
+            for e in entries]
+    table = Table("predictions-per-class", "Accuracy per true class, over every image of that class.",
+                  ["true class", "images", "top-1 accuracy", f"top-{k} accuracy"], rows,
+                  folded=len(rows) > FOLD_ROWS)
+    return table, entries
+
+
+def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
+    """Cards for the gallery's images, a table of every image, and accuracy (overall and per class) when known."""
+    forward, images, gallery = ctx.forward, ctx.images, ctx.gallery
+    k = forward.top_indices.shape[1]
+    rows, entries = per_image(ctx)
+    metrics: dict[str, object] = {"images": entries}
+    sampled = len(gallery.indices) < len(images)
     text = (f"The model's {k} most probable classes for each of the {len(images)} images, "
             f"from one batched forward pass.")
+    if sampled:
+        text += (f" The cards show {len(gallery.indices)} of them ({gallery.rule}); the table and every "
+                 f"number count all {len(images)}.")
     found = accuracy(forward.top_indices, images.labels)
+    blocks = [
+        Cards("predictions", f"Top-{k} predicted classes and probabilities for "
+                             f"{f'{len(gallery.indices)} of the {len(images)} images' if sampled else 'each image'}.",
+              [card(ctx, i, reason) for i, reason in zip(gallery.indices, gallery.reasons)]),
+        Table("predictions-summary", f"Top-1 prediction for each of the {len(images)} images.",
+              ["image", "top-1 class", "probability"] + (["true class", "verdict"] if images.has_labels else []),
+              rows, folded=len(rows) > FOLD_ROWS),
+    ]
     if found is not None:
         metrics["accuracy"] = found
         text += (f" Over the {found['labelled_images']} images with a known class, top-1 accuracy is "
                  f"{found['top1']:.1%} and top-{k} accuracy {found[f'top{k}']:.1%}.")
-    blocks = [
-        Cards("predictions", f"Top-{k} predicted classes and probabilities for each image.", cards),
-        Table("predictions-summary", "Top-1 prediction for each image.",
-              ["image", "top-1 class", "probability"] + (["true class", "verdict"] if images.has_labels else []),
-              rows),
-    ]
+        table, metrics["per_class"] = class_table(ctx, k)
+        blocks.append(table)
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics)
