@@ -12,8 +12,8 @@ from plugin_fixture import install_fake_plugin
 def test_builtins_come_first_in_report_order() -> None:
     found = discover()
     names = list(found)
-    assert names[: len(BUILTINS)] == ["predictions", "trust", "architecture", "kernels", "feature-maps", "reconstructions",
-                                      "cam", "maximization"]
+    assert names[: len(BUILTINS)] == ["predictions", "trust", "architecture", "kernels", "feature-maps",
+                                      "reconstructions", "cam", "maximization"]
     for registered in found.values():
         assert isinstance(registered.technique(), Technique)
         assert registered.technique.summary.strip()

@@ -323,8 +323,8 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
             "whether the pixels a map ranks highest are the ones the prediction needs. The metrics can disagree "
             "with each other and vary between images (see the ± spread): read them together, and prefer methods "
             f"that pass the sanity check and beat the random map on both curves. Cost: {cost['forward_images']} "
-            f"images through the model (its time is in the appendix); --trust-images and --trust-steps trade it against "
-            f"precision.")
+            f"images through the model (its time is in the appendix); --trust-images and --trust-steps trade it "
+            f"against precision.")
     notes = [f"{NAMES[m]} is not scored: {why}" for m, why in original.missing.items() if why]
     metrics = {"methods": results, "random_baseline": baseline, "baseline": curves.baseline,
                "images": [ctx.images.names[i] for i in rows], "threshold": SANITY_THRESHOLD, "cost": cost}
