@@ -1,6 +1,7 @@
 """Time activation maximisation per channel against the tutorial loop and torch-lucent's render_vis.
 
 Run: .venv/bin/python bench/bench_maximization.py [--steps 64] [--size 128] [--tutorial-channels 4] [--threads 1]
+     [--wall]
 
 Times are CPU seconds of this process (time.process_time) with --threads torch threads: on a shared
 machine wall time measures the neighbours, CPU time with one thread measures the work.
@@ -38,11 +39,14 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CASES = {"layer3": list(range(0, 1024, 64)), "layer1.2.conv3": list(range(0, 160, 10))}
 
 
+CLOCK = time.process_time  # --wall: time.perf_counter
+
+
 def seconds(function: Callable[[], object]) -> float:
-    """CPU seconds the call took (all threads of this process)."""
-    start = time.process_time()
+    """CPU seconds the call took (all threads of this process), or wall seconds with --wall."""
+    start = CLOCK()
     function()
-    return time.process_time() - start
+    return CLOCK() - start
 
 
 def tutorial(model: nn.Module, layer: str, channel: int, size: int, steps: int) -> None:
@@ -91,9 +95,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--tutorial-channels", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wall", action="store_true", help="wall-clock seconds (on an otherwise idle machine)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.wall else time.process_time
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}px, {args.steps} steps")
+    clock = "wall" if args.wall else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}px, {args.steps} steps, "
+          f"{clock} seconds")
     model = torchvision.models.resnet50().eval()
     missing = lucent_available()
     for layer, channels in CASES.items():
@@ -107,7 +116,7 @@ def main() -> None:
         for method in mx.METHODS:
             per_channel[method] = seconds(lambda: mx.maximize(model, layer, channels, args.size, args.steps, method,
                                                               mean=MEAN, std=STD)) / len(channels)
-        print(f"\nresnet50 {layer}, {len(channels)} channels: CPU seconds per channel (ratio = other / this)")
+        print(f"\nresnet50 {layer}, {len(channels)} channels: {clock} seconds per channel (ratio = other / this)")
         print(f"{'':10}{'s/channel':>10}{'tutorial/x':>12}{'lucent/x':>10}")
         for name, value in per_channel.items():
             lucent = f"{per_channel['lucent'] / value:10.2f}" if "lucent" in per_channel else f"{'-':>10}"
@@ -119,7 +128,7 @@ def main() -> None:
     both = seconds(lambda: [mx.maximize(lite0.module, layer, None, method=method, mean=lite0.preprocess.mean,
                                         std=lite0.preprocess.std) for method in mx.METHODS])
     print(f"\nEfficientNet-Lite0 defaults ({layer}, 8 channels, {mx.DEFAULT_SIZE}px, {mx.DEFAULT_STEPS} steps), "
-          f"pixel + fourier: {both:.1f} CPU s")
+          f"pixel + fourier: {both:.1f} {clock} s")
 
 
 if __name__ == "__main__":
