@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision.models as tvm
+from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.techniques.feature_maps import capture, strongest_channels
@@ -91,3 +92,23 @@ def test_strongest_channels_by_mean_activation():
     assert top.indices.tolist() == [[1, 2], [3, 0]]
     assert top.values.tolist() == [[3.0, 2.0], [1.0, 0.5]]
     assert strongest_channels(activation, 10).indices.shape == (2, 4)  # at most C
+
+
+def test_channels_last_maps_and_tokens_come_back_channels_first():
+    from torchvision.ops import Permute
+
+    class Tokens(nn.Module):
+        """A 4 x 4 patch grid as ViT tokens: [N, 1 + 16, C] with a class token in front."""
+
+        def forward(self, maps: torch.Tensor) -> torch.Tensor:
+            tokens = maps.flatten(2).transpose(1, 2)
+            return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 8, stride=8), Permute([0, 2, 3, 1]), Permute([0, 3, 1, 2]), Tokens())
+    x = torch.randn(2, 3, 32, 32)
+    maps = capture(model, ["1", "3"], x)
+    with torch.no_grad():
+        expected = model[0](x)
+    assert torch.equal(maps["1"], expected) and torch.equal(maps["3"], expected)  # exact: a pure rearrangement
+    assert not any(m._forward_hooks for m in model.modules())

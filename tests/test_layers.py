@@ -12,6 +12,25 @@ from auditor.layers import resolve_layer, stage_layers
 from auditor.state import requires_grad_flags
 
 
+def tiny_vit(seed: int = 0) -> nn.Module:
+    """A 6-block torchvision ViT for 32 px inputs (2 x 2 patches + class token), head re-initialised (not zero)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tvm.VisionTransformer(image_size=32, patch_size=16, num_layers=6, num_heads=2,
+                                      hidden_dim=8, mlp_dim=16, num_classes=5)
+        nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model.eval()
+
+
+def tiny_swin(seed: int = 0) -> nn.Module:
+    """A two-stage torchvision Swin (channels-last maps: 8 x 8 x 12 then 4 x 4 x 24 at 32 px)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tvm.SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[1, 1], num_heads=[1, 2],
+                                    window_size=[2, 2], num_classes=5)
+    return model.eval()
+
+
 def test_resolve_layer_by_name_and_by_module(tiny_model):
     module = tiny_model.features[3]
     assert resolve_layer(tiny_model, "features.3") == ("features.3", module)
@@ -92,3 +111,11 @@ def test_stage_layers_opens_a_single_container(tiny_model):
     # the whole conv part is `features`: it is opened, and its two convs have different shapes
     assert stage_layers(tiny_model, torch.rand(1, 3, 32, 32)) == ["features.0", "features.3"]
     assert stage_layers(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(1, 3, 2, 2)) == []
+
+
+def test_stage_layers_of_transformers_read_tokens_and_channels_last_maps():
+    # ViT: the patch embedding, then one stage of six same-shape blocks: its thirds and its end
+    vit_blocks = [f"encoder.layers.encoder_layer_{i}" for i in (1, 3, 5)]
+    assert stage_layers(tiny_vit(), torch.rand(1, 3, 32, 32)) == ["conv_proj", *vit_blocks]
+    # Swin: [N, h, w, C] maps; each stage ends where the next patch merging halves the grid
+    assert stage_layers(tiny_swin(), torch.rand(1, 3, 32, 32)) == ["features.1", "features.3"]

@@ -211,3 +211,31 @@ def test_parameterisations():
     assert rgb.shape == (2, 3, 12, 12) and 0 < rgb.min() and rgb.max() < 1
     still = Jitter(shift=0.0, scale=(1.0, 1.0), degrees=0.0)
     torch.testing.assert_close(random_affine(rgb, still, torch.Generator()), rgb, rtol=0, atol=1e-12)
+
+
+def test_a_model_of_one_input_size_falls_back_to_it_and_its_tokens_are_channels():
+    from tests.test_layers import tiny_swin, tiny_vit
+
+    vit = tiny_vit()
+    assert mx.runnable_size(vit, 64, 32) == 32 and mx.runnable_size(tiny(), 48, 32) == 48
+    # a block's tokens: 8 channels on a 2 x 2 grid; the ViT refuses 64 px probes, so the field is the whole input
+    field = mx.receptive_field(vit, "encoder.layers.encoder_layer_2", 32)
+    assert (field.stride, field.extent, field.map_size) == ((0, 0), (32, 32), (2, 2))
+    swin = tiny_swin()
+    before = model_state(swin)
+    result = mx.maximize(swin, "features.1", [0, 7], size=32, steps=2, method="pixel")
+    assert result.images.shape == (2, 3, 32, 32) and result.activations.shape == (2,)
+    with torch.no_grad():  # channel 7 of the [N, 8, 8, 12] channels-last map: its last axis, not a row
+        maps = swin.features[1](swin.features[0](mx_input(result.images)))
+    assert torch.allclose(result.activations, torch.stack([maps[0, ..., 0].mean(), maps[1, ..., 7].mean()]),
+                          rtol=1e-5, atol=1e-6)  # float32, same kernels
+    with pytest.raises(AuditorError, match="--max-channels: 'features.1' has 12 channels"):
+        mx.maximize(swin, "features.1", [12], size=32, steps=1)
+    assert_same_state(before, model_state(swin))
+
+
+def mx_input(rgb: torch.Tensor) -> torch.Tensor:
+    """The normalised input maximize feeds the model for RGB images (ImageNet mean and std, the default)."""
+    mean = torch.tensor(mx.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(mx.IMAGENET_STD).view(1, 3, 1, 1)
+    return (rgb - mean) / std

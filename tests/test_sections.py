@@ -152,3 +152,19 @@ def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
         int(report_top) != label for report_top, label in zip(
             [section.metrics["images"][0]["classes"][0]["index"], section.metrics["images"][1]["classes"][0]["index"]],
             (1, 2)))
+
+
+def test_cam_section_says_why_it_does_not_apply_and_when_guided_backprop_is_the_plain_gradient() -> None:
+    from tests.test_layers import tiny_vit
+
+    zero_head = tiny_vit()
+    nn.init.zeros_(zero_head.heads.head.weight)  # torchvision's untrained ViT: no score depends on the image
+    section = audit(zero_head, "cam", size=32)
+    assert section.error is None and section.blocks == []
+    assert section.notes == [("CAM, Grad-CAM and Grad-CAM++ do not apply to VisionTransformer: --cam-layer: the "
+                              "class scores depend on no spatial layer (every gradient is zero, as with an all-zero "
+                              "head); give the layer with --cam-layer.")]
+    section = audit(tiny_vit(), "cam", size=32)  # GELU only: nothing for guided backprop to guide
+    guided = next(f for f in figures(section) if f.key == "guided-grad-cam")
+    assert section.error is None and "multiplied pixel by pixel with plain gradient" in guided.caption
+    assert any(n.startswith("Guided Grad-CAM multiplies by the plain input gradient") for n in section.notes)

@@ -7,6 +7,7 @@ computed twice across the methods and the galleries.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,17 @@ from auditor.references import resolve_classes
 from auditor.render import colorbar, overlay, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.sections.reconstructions import gradient_picture
-from auditor.techniques.cam import CamResult, cam_maps
-from auditor.techniques.reconstructions import guided_backprop
+from auditor.techniques.cam import CamNotApplicable, CamResult, cam_maps
+from auditor.techniques.reconstructions import RectifierNotSeenWarning, guided_backprop
 
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
 METHOD_NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++"}
+INTRODUCTION = ("Class activation maps show which regions of an image raise a class's score. CAM (Zhou et al., 2016) "
+                "weights the last feature maps by the classifier's weights for the class and needs a global-average-"
+                "pooling head; Grad-CAM (Selvaraju et al., 2017) weights them by the class score's spatially "
+                "averaged gradients and keeps the positive part; Grad-CAM++ (Chattopadhay et al., 2018) uses "
+                "higher-order weights that separate several instances of a class better.")
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,18 @@ def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[i
                   alt="Grad-CAM of predicted and true classes for misclassified images.")
 
 
-def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor) -> Figure:
-    """Guided Grad-CAM (guided backprop times the upsampled Grad-CAM map) next to Grad-CAM, for the top class."""
+def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor) -> tuple[Figure, str | None]:
+    """Guided Grad-CAM (guided backprop times the upsampled Grad-CAM map) next to Grad-CAM, for the top class,
+    and a note when the model has no rectifier to guide (GELU in ViT, Swin, ConvNeXt): then the figure shows
+    the plain gradient, says so, and is not passed on as guided backprop."""
     top = torch.tensor([p.per_image[row][0] for row in range(len(p.shown))], device=batch.device)
-    guided = guided_backprop(ctx.module, batch, top).cpu()
-    ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RectifierNotSeenWarning)
+        guided = guided_backprop(ctx.module, batch, top).cpu()
+    blind = next((str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)), None)
+    if blind is None:
+        ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
+    name = "plain gradient" if blind else "guided backprop"
     grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
     rows = []
     for row, index in enumerate(p.shown):
@@ -138,14 +151,17 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
         product = guided[row] * grad_cam[row].to(guided.dtype)
         pictures = [photo, overlay(photo, grad_cam[row].numpy()),
                     _picture(gradient_picture(guided[row])), _picture(gradient_picture(product))]
-        titles = [ctx.images.names[index], f"Grad-CAM: {class_title(ctx, index, int(top[row]))}", "guided backprop",
-                  "Guided Grad-CAM"]
+        titles = [ctx.images.names[index], f"Grad-CAM: {class_title(ctx, index, int(top[row]))}", name,
+                  f"Grad-CAM × {name}"]
         rows.append(stack([titled(pic, t, size=11) for pic, t in zip(pictures, titles)], vertical=False, gap=4))
-    caption = ("Guided Grad-CAM for the top class: the Grad-CAM map (second column) multiplied pixel by pixel with "
-               "guided backpropagation (third), which keeps the fine detail of guided backprop only where Grad-CAM "
-               "says the class evidence is (fourth). Grey is zero.")
-    return Figure("guided-grad-cam", caption, to_jpeg(stack(rows, gap=8)), "image/jpeg",
-                  alt="Guided Grad-CAM for the top class of each image.")
+    caption = (f"Guided Grad-CAM for the top class: the Grad-CAM map (second column) multiplied pixel by pixel with "
+               f"{name} (third), which keeps the fine detail of the gradient only where Grad-CAM says the class "
+               f"evidence is (fourth). Grey is zero.")
+    figure = Figure("guided-grad-cam", caption, to_jpeg(stack(rows, gap=8)), "image/jpeg",
+                    alt="Guided Grad-CAM for the top class of each image.")
+    note = f"Guided Grad-CAM multiplies by the plain input gradient here, not guided backprop ({blind})." \
+        if blind else None
+    return figure, note
 
 
 def _picture(values: np.ndarray) -> Image.Image:
@@ -165,7 +181,12 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     p = plan(ctx, settings["cam_top_k"], chosen)
     batch = ctx.inputs(p.shown)
     layer = settings["cam_layer"] or None
-    result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"])
+    try:
+        result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"])
+    except CamNotApplicable as error:  # no spatial layer the scores depend on: say why instead of failing
+        return Section(heading.name, heading.title, text=INTRODUCTION,
+                       notes=[f"CAM, Grad-CAM and Grad-CAM++ do not apply to {ctx.model.name}: {error}."],
+                       metrics={"not_applicable": str(error)})
     target_text = ("differentiating the class logit" if result.target == "logit"
                    else "differentiating the softmax probability")
     blocks: list[Any] = [image_figure(ctx, result, p, row, target_text) for row in range(len(p.shown))]
@@ -175,7 +196,8 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
              if label is not None and int(ctx.forward.top_indices[index, 0]) != label]
     if wrong:
         blocks.append(mistakes_figure(ctx, result, p, wrong))
-    blocks.append(guided_figure(ctx, result, p, batch))
+    guided, guided_note = guided_figure(ctx, result, p, batch)
+    blocks.append(guided)
     top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
     ctx.shared["cam"] = {"shown": p.shown, "layer": result.layer.name, "target": result.target,
                          "maps": {m: torch.stack([maps[row, column] for row, column in enumerate(top)])
@@ -194,15 +216,11 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     blocks.append(Table("cam-peaks", "Where each map peaks: (x, y) as fractions of the image width and height, "
                                      "from the top-left corner, per image and class of interest.",
                         ["image", "class", "probability", *(METHOD_NAMES[m] for m in result.maps)], rows))
-    text = (f"Class activation maps show which regions of an image raise a class's score. CAM (Zhou et al., 2016) "
-            f"weights the last feature maps by the classifier's weights for the class and needs a global-average-"
-            f"pooling head; Grad-CAM (Selvaraju et al., 2017) weights them by the class score's spatially averaged "
-            f"gradients and keeps the positive part; Grad-CAM++ (Chattopadhay et al., 2018) uses higher-order "
-            f"weights that separate several instances of a class better. All maps here come from layer "
-            f"{result.layer.name} ({result.layer.reason}); {result.formed}; {target_text}. A map on the object "
-            f"supports the prediction; a map on the background or on another object is a warning, even when the "
-            f"class is right.")
+    text = (f"{INTRODUCTION} All maps here come from layer {result.layer.name} ({result.layer.reason}); "
+            f"{result.formed}; {target_text}. A map on the object supports the prediction; a map on the background "
+            f"or on another object is a warning, even when the class is right.")
     notes = [f"CAM does not apply: {result.cam_unavailable}."] if result.cam_unavailable else []
+    notes += [guided_note] if guided_note else []
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
                "target": result.target, "methods": list(result.maps), "cam_unavailable": result.cam_unavailable,
                "gallery_classes": [ctx.class_names[c] for c in p.gallery], "images": per_image}

@@ -23,6 +23,7 @@ from auditor.techniques.maximization import (
     exemplars,
     maximize,
     receptive_field,
+    runnable_size,
 )
 
 TILE_PX = 128
@@ -52,7 +53,10 @@ def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exem
 
 
 def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
-    size, steps = settings["max_size"], settings["max_steps"]
+    requested, steps = settings["max_size"], settings["max_steps"]
+    size = runnable_size(ctx.module, requested, ctx.model.preprocess.crop)
+    notes = [] if size == requested else [(f"{ctx.model.name} does not run on {requested}×{requested} inputs "
+                                           f"(--max-size), so the syntheses are {size}×{size} px, its input size.")]
     layer = settings["max_layer"] or default_layer(ctx.module, size)
     layer, _ = resolve_layer(ctx.module, layer, "--max-layer", ctx.model.name)
     example = ctx.inputs([0])
@@ -102,4 +106,4 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
             f"fast; `--max-steps 256` or more gives sharper, more detailed patterns.")
     metrics = {"layer": layer, "size": size, "steps": steps, "methods": list(results),
                "receptive_field": list(field.extent), "channels": per_channel}
-    return Section(heading.name, heading.title, text=text, blocks=[figure, table], metrics=metrics)
+    return Section(heading.name, heading.title, text=text, blocks=[figure, table], metrics=metrics, notes=notes)

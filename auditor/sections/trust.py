@@ -90,7 +90,7 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
     if blind:  # guided backprop and deconvnet are then the plain gradient: not scored under their names
         for method in ("guided-backprop", "deconvnet"):
             maps.pop(method, None)
-            missing[method] = blind[0]
+            missing[method] = next((b for b in blind if b.startswith(method.replace("-", " "))), blind[0])
     if "guided-grad-cam" not in maps and "grad-cam" in maps and "guided-backprop" in gradients and not blind:
         maps["guided-grad-cam"] = gradient_saliency(gradients["guided-backprop"] * maps["grad-cam"][:, None])
     elif "guided-grad-cam" not in maps:

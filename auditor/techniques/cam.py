@@ -20,6 +20,7 @@ from auditor.errors import AuditorError
 from auditor.hooks import forward_hooks
 from auditor.state import audit_mode
 from auditor.techniques.cam_layers import (
+    CamNotApplicable,
     LayerSpec,
     Layout,
     TargetLayer,
@@ -35,10 +36,6 @@ __all__ = ["METHODS", "CamNotApplicable", "CamResult", "cam_maps", "choose_layer
 Method = Literal["cam", "grad-cam", "grad-cam++"]
 Target = Literal["logit", "prob"]
 METHODS: tuple[Method, ...] = ("cam", "grad-cam", "grad-cam++")
-
-
-class CamNotApplicable(AuditorError):
-    """Classic CAM needs a global-average-pooling + linear head; the message says what the model has."""
 
 
 @dataclass(frozen=True)

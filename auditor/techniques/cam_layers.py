@@ -4,11 +4,10 @@ one automatically (the last spatial layer, before global pooling, that the class
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,41 +15,19 @@ from torch import nn
 from auditor import layers
 from auditor.errors import AuditorError
 from auditor.hooks import forward_hooks
+from auditor.layers import Layout, detect_layout
+
+__all__ = ["CamNotApplicable", "Layout", "TargetLayer", "automatic_layer", "capture_output", "detect_layout",
+           "resolve_layer"]
 
 LayerSpec = str | nn.Module | None
-_MAX_EXTRA_TOKENS = 16  # class, distillation and register tokens ahead of the patch tokens
 _RESAMPLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How a layer's output maps onto the image: which axes are channels and the spatial grid."""
-
-    kind: Literal["channels-first", "channels-last", "tokens"]
-    grid: tuple[int, int]
-    extra_tokens: int = 0  # leading tokens (class token, registers) dropped before the reshape
-
-    def channels_first(self, tensor: torch.Tensor) -> torch.Tensor:
-        """[B, ...] in this layout -> [B, C, h, w]; works on activations and on gradients alike."""
-        if self.kind == "channels-first":
-            return tensor
-        if self.kind == "channels-last":
-            return tensor.permute(0, 3, 1, 2)
-        patches = tensor[:, self.extra_tokens:]
-        return patches.reshape(tensor.shape[0], *self.grid, tensor.shape[-1]).permute(0, 3, 1, 2)
-
-    def describe(self, input_size: tuple[int, int]) -> str:
-        """One sentence for the report: how the map was formed from the layer's output."""
-        h, w = self.grid
-        if self.kind == "channels-first":
-            return f"feature maps (N x C x {h} x {w}) used as they are"
-        if self.kind == "channels-last":
-            return f"channels-last output (N x {h} x {w} x C) permuted to channels first"
-        patch = input_size[0] // h
-        dropped = {0: "no extra token", 1: "1 leading token (the class token) dropped"}.get(
-            self.extra_tokens, f"{self.extra_tokens} leading tokens (class and register tokens) dropped")
-        return f"tokens reshaped to a {h} x {w} grid ({patch} px patches), {dropped}"
+class CamNotApplicable(AuditorError):
+    """The CAM family does not apply to this model (the message says why): no spatial layer that the class
+    scores depend on, or, for classic CAM alone, no global-average-pooling + linear head."""
 
 
 @dataclass(frozen=True)
@@ -60,44 +37,6 @@ class TargetLayer:
     name: str
     module: nn.Module
     reason: str  # "given" or why the automatic choice picked it
-
-
-def _grid_mismatch(h: int, w: int, input_size: tuple[int, int]) -> float:
-    """How far (in cells) an h x w grid is from the input's aspect ratio; inf if it is no grid at all."""
-    height, width = input_size
-    if h * w <= 1 or h > height or w > width:
-        return math.inf
-    return abs(h * width - w * height) / max(height, width)
-
-
-def detect_layout(shape: torch.Size | tuple[int, ...], input_size: tuple[int, int]) -> Layout | None:
-    """The spatial layout of an [N, ...] output for an input of `input_size`, or None if it has none.
-
-    4-D: channels-first or channels-last, whichever grid fits the input's aspect ratio (ties: first).
-    3-D: [N, tokens, C]; a few leading tokens are dropped when the rest fill a grid of square patches.
-    """
-    if len(shape) == 4:
-        first = _grid_mismatch(shape[2], shape[3], input_size)
-        last = _grid_mismatch(shape[1], shape[2], input_size)
-        if min(first, last) > 1:
-            return None
-        return Layout("channels-first", (shape[2], shape[3])) if first <= last else \
-            Layout("channels-last", (shape[1], shape[2]))
-    if len(shape) == 3:
-        return _token_layout(shape[1], input_size)
-    return None
-
-
-def _token_layout(tokens: int, input_size: tuple[int, int]) -> Layout | None:
-    """The fewest leading tokens to drop so that the rest tile the input in square patches."""
-    height, width = input_size
-    for extra in range(min(_MAX_EXTRA_TOKENS, tokens - 1) + 1):
-        patches = tokens - extra
-        h = round(math.sqrt(patches * height / width))
-        if h > 0 and patches % h == 0 and _grid_mismatch(h, patches // h, input_size) <= 1 \
-                and height % h == 0 and width % (patches // h) == 0:
-            return Layout("tokens", (h, patches // h), extra)
-    return None
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> TargetLayer:
@@ -135,8 +74,8 @@ def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
                   if last_call[id(module)] == i and not isinstance(module, _RESAMPLING)
                   and (layout := detect_layout(out.shape, size)) is not None]
     if not candidates:
-        raise AuditorError("--cam-layer: no layer of the model has a spatial output for this input size; "
-                           "give the layer with --cam-layer")
+        raise CamNotApplicable("--cam-layer: no layer of the model has a spatial output for this input size; "
+                               "give the layer with --cam-layer")
     cotangent = torch.randn(scores.shape, generator=torch.Generator().manual_seed(0)).to(scores)
     grads = torch.autograd.grad(scores, [c[2] for c in candidates], cotangent, allow_unused=True)
     for (name, module, _, layout), grad in zip(reversed(candidates), reversed(grads), strict=True):
@@ -144,8 +83,8 @@ def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
             h, w = layout.grid
             return TargetLayer(name, module, f"automatic: the last layer with a spatial output ({layout.kind}, "
                                              f"{h} x {w}) that the class scores depend on")
-    raise AuditorError("--cam-layer: the class scores depend on no spatial layer (every gradient is zero, as "
-                       "with an all-zero head); give the layer with --cam-layer")
+    raise CamNotApplicable("--cam-layer: the class scores depend on no spatial layer (every gradient is zero, as "
+                           "with an all-zero head); give the layer with --cam-layer")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.hooks import ForwardHook, forward_hooks
-from auditor.layers import resolve_layer
+from auditor.layers import detect_layout, resolve_layer
 from auditor.state import audit_mode
 
 
@@ -29,8 +29,9 @@ def capture(model: nn.Module, layers: Sequence[str | nn.Module], x: torch.Tensor
     no copy), taken when the layer returns, so a later in-place op (vgg's ReLU(inplace=True)) does not
     change them. A module that runs more than once in one forward pass (EfficientNet-Lite's shared
     ReLU6, the ReLU inside torchvision's Bottleneck) has no single output and is refused, as is an
-    output that is not a 4-D tensor; the AuditorError names the layer and `option` (and `model_name`
-    for an unknown layer, see resolve_layer).
+    output without a spatial layout; the AuditorError names the layer and `option` (and `model_name`
+    for an unknown layer, see resolve_layer). Channels-last maps (Swin) and patch tokens (ViT, class
+    token dropped) come back rearranged as [N, C, h, w] (see auditor.layers.detect_layout).
     """
     resolved = dict(resolve_layer(model, layer, option, model_name) for layer in layers)
     outputs: dict[str, list[Any]] = {name: [] for name in resolved}
@@ -44,20 +45,24 @@ def capture(model: nn.Module, layers: Sequence[str | nn.Module], x: torch.Tensor
     with audit_mode(model), forward_hooks([(module, keep(name)) for name, module in resolved.items()]), \
             torch.no_grad():
         model(x)
-    return {name: _single_map(name, calls, option) for name, calls in outputs.items()}
+    size = (x.shape[-2], x.shape[-1])
+    return {name: _single_map(name, calls, option, size) for name, calls in outputs.items()}
 
 
-def _single_map(name: str, calls: list[Any], option: str) -> torch.Tensor:
-    """The one 4-D output a layer gave, or the AuditorError that says why there is none."""
+def _single_map(name: str, calls: list[Any], option: str, input_size: tuple[int, int]) -> torch.Tensor:
+    """The one spatial output a layer gave as [N, C, h, w], or the AuditorError that says why there is none."""
     if len(calls) != 1:
         raise AuditorError(f"{option}: {name!r} ran {len(calls)} times in one forward pass (a shared module), "
                            "so it has no single feature map; choose the block or convolution around it")
     output = calls[0]
-    if not isinstance(output, torch.Tensor) or output.ndim != 4:
+    layout = detect_layout(output.shape, input_size) if isinstance(output, torch.Tensor) else None
+    if layout is None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4:  # a 1 x 1 map, say: shown as it is
+            return output
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise AuditorError(f"{option}: {name!r} outputs {shape}, not a feature map (N, C, H, W); "
-                           "choose a convolutional layer")
-    return output
+        raise AuditorError(f"{option}: {name!r} outputs {shape}, not a feature map (N, C, H, W), a channels-last "
+                           "map or patch tokens; choose a convolutional or transformer block")
+    return layout.channels_first(output)
 
 
 def strongest_channels(activation: torch.Tensor, n: int) -> Strongest:

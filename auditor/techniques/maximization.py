@@ -18,7 +18,7 @@ from torch import nn
 from auditor.errors import AuditorError
 from auditor.hooks import truncated_forward
 from auditor.layer_table import record_calls
-from auditor.layers import resolve_layer, stage_layers
+from auditor.layers import channel_count, channels_first, resolve_layer, stage_layers
 from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.state import audit_mode
 from auditor.techniques.parameterization import FourierImage, Jitter, PixelImage, random_affine
@@ -33,6 +33,7 @@ DIVERSITY_WEIGHT = 1.0
 _Image = PixelImage | FourierImage
 _Triple = tuple[float, float, float]
 _Run = Callable[[torch.Tensor], Any]  # truncated_forward's run(x)
+_REJECTED_INPUT = (RuntimeError, ValueError, AssertionError)  # how models refuse an input size they cannot take
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ def default_layer(model: nn.Module, size: int = DEFAULT_SIZE) -> str:
     return stages[len(stages) // 2]
 
 
+def runnable_size(model: nn.Module, size: int, fallback: int) -> int:
+    """`size` if the model runs on size x size inputs, else `fallback` (its own input size): ViTs and MaxViT
+    take one size only, inception_v3 nothing below 75 px. One forward pass of a blank image decides."""
+    dtype, device = _dtype_device(model)
+    try:
+        with audit_mode(model), torch.no_grad():
+            model(torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+    except _REJECTED_INPUT:
+        return fallback
+    return size
+
+
 def default_channels(channel_count: int, count: int = DEFAULT_CHANNEL_COUNT) -> list[int]:
     """`count` channels spread evenly over the layer (80 channels, 8: 0, 10, ..., 70)."""
     count = min(count, channel_count)
@@ -132,7 +145,7 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, size: int, seed: i
     (a dead ReLU on one input cannot hide a pixel), one batched backward pass: the first box gives the
     extent, the shift between them the stride. If the box touches the border the input is doubled (the
     forward stops at the layer, so the classifier's input size does not matter), at most twice; a box
-    that still touches it counts as the whole input.
+    that still touches it, or a model that refuses the larger input, counts as the whole input.
     """
     name, module = resolve_layer(model, layer, "--max-layer")
     dtype, device = _dtype_device(model)
@@ -141,7 +154,12 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, size: int, seed: i
         map_size = _map_size(run, name, size, dtype, device)
         probe = size
         for _ in range(3):
-            boxes, probe_map = _central_boxes(run, name, probe, dtype, device, generator)
+            try:
+                boxes, probe_map = _central_boxes(run, name, probe, dtype, device, generator)
+            except _REJECTED_INPUT:
+                if probe == size:
+                    raise
+                break  # a model of fixed input size (ViT's size check, MaxViT's partitions): the box stays whole
             if boxes is not None and all(_inside(box, probe) for box in boxes):
                 first, second = boxes
                 stride = (second[0] - first[0], second[1] - first[1])
@@ -192,7 +210,7 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
         with truncated_forward(model, module) as run:
             for _ in range(steps):
                 rgb = image.rgb() if method == "pixel" else random_affine(image.rgb(), jitter, generator)
-                output = run((rgb - shift) / scale)
+                output = channels_first(run((rgb - shift) / scale), (size, size))
                 objective = _channel_means(output, targets)
                 loss = -objective.sum()
                 if copies > 1 and diversity:
@@ -203,7 +221,7 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
                 history.append(objective.detach())
             with torch.no_grad():
                 rgb = image.rgb()
-                final = _channel_means(run((rgb - shift) / scale), targets)
+                final = _channel_means(channels_first(run((rgb - shift) / scale), (size, size)), targets)
     shape = (len(chosen), copies) if copies > 1 else (len(chosen),)
     return Maximization(name, method, chosen, rgb.detach().reshape(*shape, *rgb.shape[1:]).cpu(),
                         final.reshape(shape).cpu(), torch.stack(history).reshape(steps, *shape).cpu())
@@ -242,7 +260,7 @@ def _channel_count(model: nn.Module, name: str, size: int, dtype: torch.dtype, d
     if len(shapes[0]) < 2:
         raise AuditorError(f"--max-layer: {name!r} outputs {shapes[0]}, which has no channels; "
                            "choose a convolutional or linear layer")
-    return shapes[0][1]
+    return channel_count(shapes[0], (size, size))
 
 
 def _dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -272,16 +290,17 @@ def _gram_similarity(output: torch.Tensor, copies: int) -> torch.Tensor:
 def _map_size(run: _Run, name: str, size: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
     """(h, w) of the layer's map for one blank input of `size` ((1, 1) for a layer without a map)."""
     with torch.no_grad():
-        output = _layer_output(run, name, torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+        output = _layer_output(run, name, torch.zeros(1, 3, size, size, dtype=dtype, device=device), size)
     return tuple(output.shape[2:4]) if output.ndim == 4 else (1, 1)
 
 
-def _layer_output(run: _Run, name: str, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output for x, or an AuditorError if it has none to work with."""
+def _layer_output(run: _Run, name: str, x: torch.Tensor, size: int) -> torch.Tensor:
+    """The layer's output for x (square, `size` px) as channels first where it has a spatial layout, or an
+    AuditorError if it has none to work with."""
     output = run(x)
     if not isinstance(output, torch.Tensor):
         raise AuditorError(f"--max-layer: {name!r} does not return a tensor (or never runs); choose another layer")
-    return output
+    return channels_first(output, (size, size))
 
 
 def _central_boxes(run: _Run, name: str, size: int, dtype: torch.dtype, device: torch.device,
@@ -290,7 +309,7 @@ def _central_boxes(run: _Run, name: str, size: int, dtype: torch.dtype, device: 
     two random inputs of `size` each; None when the layer has no map of at least 2x2 locations."""
     x = torch.randn(4, 3, size, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     x.requires_grad_(True)
-    output = _layer_output(run, name, x)
+    output = _layer_output(run, name, x, size)
     if output.ndim != 4 or min(output.shape[2:]) < 2:
         return None, (1, 1)
     row, col = (output.shape[2] - 1) // 2, (output.shape[3] - 1) // 2

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from auditor.errors import AuditorError
 from auditor.hooks import truncated_forward
-from auditor.layers import resolve_layer
+from auditor.layers import channels_first, resolve_layer
 from auditor.state import audit_mode
 
 
@@ -54,8 +54,8 @@ def gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence
     Without `layer`, targets [N] are class indices and the objective is that logit. With `layer`,
     targets are channel indices of that layer's output and the objective is the channel's strongest
     activation (Zeiler & Fergus: keep the maximum of the feature map, zero the rest, project back;
-    the seed is 1 at the maximum, so results are not scaled by the activation value). The forward
-    pass stops at the layer's first call. The result is detached, on x's device.
+    the seed is 1 at the maximum, so results are not scaled by the activation value; channels-last
+    maps and patch tokens are read channels first). The forward pass stops at the layer's first call. The result is detached, on x's device.
     """
     return _input_gradient(model, x, targets, layer, None, "gradient")
 
@@ -139,6 +139,8 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | S
                                f"{tuple(targets.shape)}")
         leaf = x.detach().clone().requires_grad_(True)
         output = _forward(model, leaf.clone(), layer, mode)  # a non-leaf copy: in-place ops on it are allowed
+        if layer is not None and isinstance(output, torch.Tensor):  # Swin's channels-last maps, ViT's tokens
+            output = channels_first(output, (x.shape[-2], x.shape[-1]))
         objective = _objective(output, targets, layer)
         (grad,) = torch.autograd.grad(objective, leaf)
     if mode is not None:
