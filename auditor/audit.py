@@ -18,14 +18,14 @@ import torchvision
 
 from auditor import __version__
 from auditor.config import RunOptions
-from auditor.context import AuditContext, resolve_device
+from auditor.context import AuditContext, is_out_of_memory, resolve_device
 from auditor.images import ImageSet, load_images
 from auditor.models import LoadedModel, load_model
 from auditor.references import check_references
 from auditor.registry import declared_options, discover, select
 from auditor.section import Figure, Section
-from auditor.svg import check_passive
 from auditor.state import audit_mode
+from auditor.svg import check_passive
 
 Progress = Callable[[str, int, int], None]  # (technique name, index, total)
 
@@ -99,14 +99,6 @@ def run_order(techniques: list[Any]) -> list[Any]:
         pending.remove(ready)
         waiting_for.discard(ready.name)
     return ordered
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory",
-                                                                                  "can't allocate memory"))
 
 
 def _attempt(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:

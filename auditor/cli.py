@@ -102,6 +102,7 @@ class RunCommand(click.Command):
 def options_from_params(params: dict[str, Any]) -> RunOptions:
     """RunOptions from the `run` command's parsed parameters: core fields, and technique options given."""
     values = dict(params)
+    values.pop("debug", None)  # how errors are shown, not an option of the audit
     images = (*values.pop("image_args"), *values.pop("image_opts"))
     core = {f.name for f in dataclasses.fields(RunOptions)}
     settings = {key: values.pop(key) for key in list(values) if key not in core}
@@ -183,7 +184,7 @@ def run(**params: Any) -> None:
     Exit status: 0 on success, 1 for bad input, 3 when the report was written but a technique failed.
     """
     _setup_logging()
-    debug = params.pop("debug")
+    debug = params["debug"]
     options = options_from_params(params)
     try:
         from auditor.audit import run_audit

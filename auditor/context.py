@@ -26,6 +26,14 @@ class Forward:
     top_indices: torch.Tensor  # N x k
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory",
+                                                                                  "can't allocate memory"))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; asking for a device that is not there is a user error."""
     if name == "auto":
@@ -97,7 +105,7 @@ class AuditContext:
         outputs = []
         with torch.inference_mode():
             for _, batch in self.batches():
-                logits = self.module(batch)
+                logits = self._logits(batch)
                 if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                     raise AuditorError(
                         f"--model: {self.model.spec} must return a tensor of class scores (batch x classes), "
@@ -109,6 +117,18 @@ class AuditContext:
         k = min(self.options.top_k, logits.shape[1])
         top = probabilities.topk(k, dim=1)
         return Forward(logits, probabilities, top.values, top.indices)
+
+    def _logits(self, batch: torch.Tensor) -> object:
+        """The model on one batch; a model that cannot take the inputs is a user error naming --input-size."""
+        try:
+            return self.module(batch)
+        except (RuntimeError, ValueError, AssertionError) as error:
+            if is_out_of_memory(error):
+                raise
+            first = next(iter(str(error).splitlines()), type(error).__name__)
+            raise AuditorError(
+                f"--input-size: {self.model.spec} fails on {'×'.join(map(str, batch.shape[1:]))} inputs ({first}); "
+                f"give the input size it was built for") from None
 
     @cached_property
     def class_names(self) -> list[str]:

@@ -18,7 +18,13 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from auditor.layer_table import Calls, format_shape, hyperparameters, is_layer, transparent
+from auditor.layer_table import (
+    Calls,
+    format_shape,
+    hyperparameters,
+    is_layer,
+    transparent,
+)
 
 
 @dataclass

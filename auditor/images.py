@@ -54,7 +54,7 @@ def choose_gallery(confidence: Sequence[float], correct: Sequence[bool | None], 
         order, reason = turns[(len(picked) - len(wrong)) % 2]
         picked[next(i for i in order if i not in picked)] = reason
     labelled = any(c is not None for c in correct)
-    first = (f"misclassified images first ({len(wrong)} of {sum(c is False for c in correct)}, the most "
+    first = (f"misclassified images first ({len(wrong)} shown of {sum(c is False for c in correct)}, the most "
              f"confident mistakes first), then " if labelled else "")
     rule = (f"{count} of {total} images: {first}the least and the most confident predictions alternately "
             f"(top-1 probability), ties in file order")

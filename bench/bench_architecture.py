@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torchvision
 
+from auditor.builtins import Architecture
 from auditor.config import RunOptions
 from auditor.context import AuditContext
 from auditor.graph import network_graph
@@ -22,7 +23,6 @@ from auditor.layer_table import layer_rows, record_calls
 from auditor.models import LoadedModel, load_model
 from auditor.preprocess import Preprocess
 from auditor.state import audit_mode, requires_grad_flags
-from auditor.builtins import Architecture
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:
@@ -45,8 +45,7 @@ def phases(model: LoadedModel) -> dict[str, float]:
 
 def section_seconds(model: LoadedModel, repeat: int) -> tuple[float, list[float]]:
     """The whole technique, as run_audit runs it: once cold, then `repeat` times warm."""
-    crop = model.preprocess.crop
-    images = ImageSet(torch.empty(0, 3, crop, crop), [], [], [], [], [])
+    images = ImageSet()
     options = RunOptions(device="cpu")
     ctx = AuditContext(model, images, options, torch.device("cpu"), requires_grad_flags(model.module))
     times = [timed(lambda: Architecture().run(ctx, options))[0] for _ in range(repeat + 1)]

@@ -258,3 +258,22 @@ def test_figure_files_stay_inside_the_output_folder(tmp_path: Path) -> None:
     folder = write_figures(Report({}, [evil]), tmp_path / "out" / "figures")
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written == [folder / "fig01-escape.png"]
+
+
+class FixedSize(nn.Module):
+    """Like torchvision's ViT: only the input size it was built for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[-1] == 64, f"Wrong image width! Expected 64 but got {x.shape[-1]}!")
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_model_that_refuses_the_input_size_is_one_line_naming_input_size() -> None:
+    model = load_model(FixedSize(), input_size=32)
+    with pytest.raises(AuditorError, match=r"--input-size: FixedSize fails on 3×32×32 inputs \(Wrong image width! "
+                                           r"Expected 64 but got 32!\); give the input size it was built for"):
+        run_audit(model, load_images(None, model.preprocess), RunOptions(techniques=("predictions",), device="cpu"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from auditor.audit import run_audit
 from auditor.config import RunOptions
 from auditor.context import AuditContext
+from auditor.errors import AuditorError
 from auditor.images import choose_gallery, decode, load_images
 from auditor.models import LoadedModel
 from auditor.preprocess import Preprocess
@@ -69,15 +69,15 @@ def test_misclassified_first_then_least_and_most_confident_alternately():
     # 0.3: file order gives 1), most confident (5 and 6 tie at 0.95: 5), least (3), most (6)
     assert gallery.indices == [2, 4, 8, 1, 5, 3]
     assert gallery.reasons == ["misclassified"] * 3 + ["least confident", "most confident", "least confident"]
-    assert gallery.rule == ("6 of 9 images: misclassified images first (3 of 3, the most confident mistakes first), "
-                            "then the least and the most confident predictions alternately (top-1 probability), "
+    assert gallery.rule == ("6 of 9 images: misclassified images first (3 shown of 3, the most confident mistakes "
+                            "first), then the least and the most confident predictions alternately (top-1 probability), "
                             "ties in file order")
 
 
 def test_more_mistakes_than_room_shows_the_most_confident_mistakes():
     gallery = choose_gallery([0.4, 0.7, 0.9, 0.5], [False, False, True, False], 2)
     assert gallery.indices == [1, 3] and gallery.reasons == ["misclassified"] * 2
-    assert "(2 of 3, the most confident mistakes first)" in gallery.rule
+    assert "(2 shown of 3, the most confident mistakes first)" in gallery.rule
 
 
 def test_without_labels_least_and_most_confident_alternate():
@@ -94,9 +94,8 @@ def test_without_labels_least_and_most_confident_alternate():
 @pytest.fixture
 def many_images(make_image):
     """300 solid 16 x 12 PNGs, two thirds of them reddish."""
-    for i in range(300):
-        make_image(f"many/{i:03d}.png", size=(16, 12), color=(200, i % 3 * 100, 0))
-    return make_image("many/000.png").parent
+    paths = [make_image(f"many/{i:03d}.png", size=(16, 12), color=(200, i % 3 * 100, 0)) for i in range(300)]
+    return paths[0].parent
 
 
 def test_the_forward_pass_decodes_each_image_once_a_batch_at_a_time(many_images, monkeypatch):
@@ -109,8 +108,8 @@ def test_the_forward_pass_decodes_each_image_once_a_batch_at_a_time(many_images,
     assert logits.shape == (300, 3)
     assert len(decoded) == 300  # each file read and decoded once, nothing decoded up front
     assert model.module.batch_sizes == [16] * 18 + [12]  # the model never sees more than one batch
-    assert logits[:3].tolist() == pytest.approx([[200 / 255, 0, 0], [200 / 255, 100 / 255, 0],
-                                                 [200 / 255, 200 / 255, 0]], abs=1e-6)
+    expected = [[200 / 255, 0, 0], [200 / 255, 100 / 255, 0], [200 / 255, 200 / 255, 0]]  # mean colours, exactly
+    assert torch.allclose(logits[:3], torch.tensor(expected), atol=1e-6)
     ctx.photo(7)
     assert len(decoded) == 301  # the pass kept no decoded image: a photo is read again
 
@@ -120,10 +119,9 @@ def test_galleries_sample_while_numbers_count_every_image(make_image):
     files = [("blue", "b1", (0, 0, 250)), ("blue", "b2", (200, 0, 100)), ("blue", "b3", (0, 100, 110)),
              ("green", "g1", (0, 250, 0)), ("green", "g2", (100, 110, 100)),
              ("red", "r1", (250, 0, 0)), ("red", "r2", (130, 120, 0)), ("red", "r3", (0, 200, 0))]
-    for folder, name, colour in files:
-        make_image(f"set/{folder}/{name}.png", size=(16, 12), color=colour)
+    paths = [make_image(f"set/{folder}/{name}.png", size=(16, 12), color=colour) for folder, name, colour in files]
     model = colour_model()
-    images = load_images(make_image("set/red/r1.png").parent.parent, model.preprocess, model.class_names)
+    images = load_images(paths[0].parent.parent, model.preprocess, model.class_names)
     state = {k: v.clone() for k, v in model.module.state_dict().items()}
     flags = requires_grad_flags(model.module)
 
@@ -137,7 +135,7 @@ def test_galleries_sample_while_numbers_count_every_image(make_image):
     assert confidence((100, 110, 100)) < confidence((0, 100, 110)) < confidence((130, 120, 0))
     gallery = report.record["images"]["gallery"]
     assert gallery["shown"] == ["red/r3.png", "blue/b2.png", "green/g2.png", "blue/b1.png"]
-    assert gallery["rule"].startswith("4 of 8 images: misclassified images first (2 of 2,")
+    assert gallery["rule"].startswith("4 of 8 images: misclassified images first (2 shown of 2,")
     section = report.sections[0]
     cards, summary, per_class = section.blocks
     assert [c.title for c in cards.cards] == gallery["shown"]
@@ -148,7 +146,7 @@ def test_galleries_sample_while_numbers_count_every_image(make_image):
     assert per_class.rows == [["red", 3, 0.667, 1.0], ["green", 2, 1.0, 1.0], ["blue", 3, 0.667, 1.0]]
     html = render_html(report)
     assert "Galleries show 4 of 8 images: misclassified images first" in html
-    assert "The cards show 4 of them" in html
+    assert "The cards show 4 of 8 images: misclassified" in html
     # the model comes back as it was given: weights, flags, mode and no hooks
     assert all(torch.equal(state[k], v) for k, v in model.module.state_dict().items())
     assert requires_grad_flags(model.module) == flags and not model.module.training
@@ -163,26 +161,20 @@ def test_a_long_image_list_is_folded_in_the_html_and_left_out_of_the_pdf(many_im
     assert summary.folded and len(summary.rows) == 300
     assert len(report.sections[0].blocks[0].cards) == 6
     html = render_html(report)
-    assert "Not printed (300 rows): each image&#39;s label folder and sha256" in html
+    assert "Not printed (300 rows): each image's label folder and sha256" in html
     assert html.count("<tr><td class=\"n\">") == 300  # every image is still listed, behind a fold
     assert len(html) < 500_000
 
 
-def test_a_failing_model_leaves_no_hook_and_no_gallery(many_images):
-    class Broken(ColourNet):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            raise RuntimeError("broken on purpose")
-
-    model = LoadedModel(Broken().eval(), PLAIN, list(COLOURS), "Broken", "test", "callable", "fixed")
-    report = run_audit(model, load_images(many_images, model.preprocess),
-                       RunOptions(device="cpu", techniques=("predictions",)))
-    assert report.sections[0].error == "RuntimeError: broken on purpose"
-    assert report.record["images"]["gallery"] is None
+def test_a_file_changed_during_the_run_stops_it_and_leaves_the_model_as_given(many_images, make_image):
+    model = colour_model()
+    model.module.train()
+    model.module.linear.bias.requires_grad_(False)
+    flags = requires_grad_flags(model.module)
+    images = load_images(many_images, model.preprocess)
+    make_image("many/150.png", size=(16, 12), color=(1, 2, 3))
+    with pytest.raises(AuditorError, match="many/150.png changed while the audit ran; run the audit again"):
+        run_audit(model, images, RunOptions(device="cpu", techniques=("predictions",), batch_size=64))
+    assert model.module.batch_sizes == [64, 64]  # it stopped at the batch holding the changed file
+    assert model.module.training and requires_grad_flags(model.module) == flags
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
-
-
-def test_record_lists_every_file_hash(many_images):
-    images = load_images(many_images, PLAIN)
-    assert len(images.sha256) == 300 and len(set(images.sha256)) == 3  # three colours, so three distinct files
-    assert images.sizes == [(16, 12)] * 300
-    assert isinstance(images.paths[0], Path)

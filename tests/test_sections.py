@@ -66,7 +66,7 @@ def test_feature_maps_one_figure_per_layer_with_the_strongest_channels() -> None
     assert [f.key for f in figures(section)] == ["feature-maps-features.2", "feature-maps-features.5"]
     layer = section.metrics["layers"]["features.5"]
     assert layer["shape"] == [16, 12, 12] and len(layer["strongest"]) == 2 and len(layer["strongest"][0]) == 4
-    assert section.metrics["images"] == ["astronaut.png", "camera.png"]  # --gallery-images 2, file order
+    assert section.metrics["images"] == ["chelsea.png", "camera.png"]  # the gallery: least, then most confident
 
 
 def test_feature_maps_refuse_a_layer_without_a_map() -> None:

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from auditor.audit import Report
-from auditor.report.numbering import numbered_blocks
 from auditor.render import card_sheet
+from auditor.report.numbering import numbered_blocks
 from auditor.section import Cards, Figure, Table
 
 

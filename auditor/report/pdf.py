@@ -8,7 +8,9 @@ from typing import Any
 
 def render_pdf(html: str) -> bytes:
     """The PDF bytes of a self-contained HTML page; WeasyPrint may read data: URIs and nothing else."""
-    from weasyprint import HTML  # imported here: it is slow to import and only the PDF needs it
+    from weasyprint import (
+        HTML,  # imported here: it is slow to import and only the PDF needs it
+    )
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)

@@ -12,8 +12,17 @@ from torch import nn
 from auditor.context import AuditContext
 from auditor.graph import Box, Graph, network_graph
 from auditor.graph_draw import box_title, graph_svg, type_summary
-from auditor.layer_table import (Calls, LayerRow, format_shape, hyperparameters, is_layer, layer_rows, model_bytes,
-                                 record_calls, unit_at_depth)
+from auditor.layer_table import (
+    Calls,
+    LayerRow,
+    format_shape,
+    hyperparameters,
+    is_layer,
+    layer_rows,
+    model_bytes,
+    record_calls,
+    unit_at_depth,
+)
 from auditor.section import Figure, Heading, Section, Table
 from auditor.tensorboard import write_graph
 

@@ -103,8 +103,7 @@ def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
     text = (f"The model's {k} most probable classes for each of the {len(images)} images, "
             f"from one batched forward pass.")
     if sampled:
-        text += (f" The cards show {len(gallery.indices)} of them ({gallery.rule}); the table and every "
-                 f"number count all {len(images)}.")
+        text += f" The cards show {gallery.rule}; the table and every number count all {len(images)}."
     found = accuracy(forward.top_indices, images.labels)
     blocks = [
         Cards("predictions", f"Top-{k} predicted classes and probabilities for "

@@ -14,7 +14,11 @@ from auditor.layers import resolve_layer, stage_layers
 from auditor.render import stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section
 from auditor.techniques.feature_maps import capture, strongest_channels
-from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, guided_backprop
+from auditor.techniques.reconstructions import (
+    RectifierNotSeenWarning,
+    deconvnet,
+    guided_backprop,
+)
 
 TILE_PX = 150
 METHODS = (("guided backprop", guided_backprop), ("deconvnet", deconvnet))

@@ -33,7 +33,12 @@ from auditor.references import resolve_classes
 from auditor.render import colorize, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.techniques.cam import CamNotApplicable, cam_maps
-from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, gradient, guided_backprop
+from auditor.techniques.reconstructions import (
+    RectifierNotSeenWarning,
+    deconvnet,
+    gradient,
+    guided_backprop,
+)
 from auditor.techniques.trust import (
     SANITY_THRESHOLD,
     gradient_saliency,
@@ -44,7 +49,11 @@ from auditor.techniques.trust import (
     ssim,
 )
 from auditor.techniques.trust_boxes import Box, mass_inside, pointing_game, read_boxes
-from auditor.techniques.trust_perturbation import confidence_change, deletion_insertion, random_maps
+from auditor.techniques.trust_perturbation import (
+    confidence_change,
+    deletion_insertion,
+    random_maps,
+)
 
 CAM_FAMILY = ("cam", "grad-cam", "grad-cam++")
 GRADIENTS: dict[str, Callable[..., torch.Tensor]] = {

@@ -21,7 +21,12 @@ from auditor.layer_table import record_calls
 from auditor.layers import channel_count, channels_first, resolve_layer, stage_layers
 from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.state import audit_mode
-from auditor.techniques.parameterization import FourierImage, Jitter, PixelImage, random_affine
+from auditor.techniques.parameterization import (
+    FourierImage,
+    Jitter,
+    PixelImage,
+    random_affine,
+)
 
 METHODS = ("pixel", "fourier")
 DEFAULT_SIZE = 112

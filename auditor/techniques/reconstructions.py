@@ -55,7 +55,8 @@ def gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence
     targets are channel indices of that layer's output and the objective is the channel's strongest
     activation (Zeiler & Fergus: keep the maximum of the feature map, zero the rest, project back;
     the seed is 1 at the maximum, so results are not scaled by the activation value; channels-last
-    maps and patch tokens are read channels first). The forward pass stops at the layer's first call. The result is detached, on x's device.
+    maps and patch tokens are read channels first). The forward pass stops at the layer's first call.
+    The result is detached, on x's device.
     """
     return _input_gradient(model, x, targets, layer, None, "gradient")
 
