@@ -277,3 +277,20 @@ def test_a_model_that_refuses_the_input_size_is_one_line_naming_input_size() -> 
     with pytest.raises(AuditorError, match=r"--input-size: FixedSize fails on 3×32×32 inputs \(Wrong image width! "
                                            r"Expected 64 but got 32!\); give the input size it was built for"):
         run_audit(model, load_images(None, model.preprocess), RunOptions(techniques=("predictions",), device="cpu"))
+
+
+def test_a_symlink_loop_under_images_is_not_followed_forever(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "cats").mkdir(parents=True)
+    shutil.copy(BUNDLED_PHOTOS / "chelsea.png", tmp_path / "photos" / "cats" / "chelsea.png")
+    (tmp_path / "photos" / "cats" / "loop").symlink_to(tmp_path / "photos")
+    images = load_images([tmp_path / "photos"])
+    assert images.names == ["cats/chelsea.png"]
+
+
+def test_a_folder_of_non_images_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "fake.jpg").write_text("not a jpeg either")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path), "--out", str(tmp_path / "out"), "--no-pdf"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--images: none of the files could be read as an image (fake.jpg: not a recognised image format" \
+        in result.output
