@@ -213,9 +213,10 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
         generator = torch.Generator().manual_seed(seed)
         history = []
         with truncated_forward(model, module) as run:
+            layout = _memory_format(run, size, dtype, device)
             for _ in range(steps):
                 rgb = image.rgb() if method == "pixel" else random_affine(image.rgb(), jitter, generator)
-                output = channels_first(run((rgb - shift) / scale), (size, size))
+                output = channels_first(run(((rgb - shift) / scale).contiguous(memory_format=layout)), (size, size))
                 objective = _channel_means(output, targets)
                 loss = -objective.sum()
                 if copies > 1 and diversity:
@@ -226,10 +227,24 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
                 history.append(objective.detach())
             with torch.no_grad():
                 rgb = image.rgb()
-                final = _channel_means(channels_first(run((rgb - shift) / scale), (size, size)), targets)
+                normalised = ((rgb - shift) / scale).contiguous(memory_format=layout)
+                final = _channel_means(channels_first(run(normalised), (size, size)), targets)
     shape = (len(chosen), copies) if copies > 1 else (len(chosen),)
     return Maximization(name, method, chosen, rgb.detach().reshape(*shape, *rgb.shape[1:]).cpu(),
                         final.reshape(shape).cpu(), torch.stack(history).reshape(steps, *shape).cpu())
+
+
+def _memory_format(run: _Run, size: int, dtype: torch.dtype, device: torch.device) -> torch.memory_format:
+    """channels_last when the network up to the layer takes it (its convolutions run about 15% faster on
+    CPU, bench/bench_maximization.py), else the usual layout: a model that views its activations as flat
+    memory fails on channels_last, which one probe image finds out."""
+    probe = torch.zeros(1, 3, size, size, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            run(probe)
+    except RuntimeError:
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def _check_options(method: str, steps: int, size: int) -> None:
