@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
 import sys
@@ -251,21 +250,7 @@ def layers(model: str, weights: str, trust_pickle: bool, depth: int | None) -> N
         click.echo(line)
 
 
-def _return_freed_memory() -> None:
-    """Let glibc hand large freed blocks straight back to the system (Linux; elsewhere nothing happens).
-
-    By default it keeps freed heap memory for reuse, and a long run over many image batches then
-    peaks with the folder's size though only one batch is alive: allocations over 128 KiB get their
-    own mapping instead, so 2,000 images peak where 200 do (bench/bench_scale.py).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def main() -> None:
-    _return_freed_memory()
     cli(prog_name="auditor")
 
 

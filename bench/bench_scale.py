@@ -5,9 +5,9 @@
 Writes seeded 320 x 240 JPEGs (colour gradients with noise, in four label folders) to a temporary
 folder, runs the CLI on them in a child process per count, and prints the child's peak RSS (from
 os.wait4's resource usage, so each run is measured alone), wall time and the report's file sizes.
-Streaming shows as a peak that stays flat while the folder grows tenfold (the CLI sets glibc's mmap
-threshold to 128 KiB, as MALLOC_MMAP_THRESHOLD_=131072 would, so freed batches go back to the system
-and the peak shows live data only).
+Streaming shows as a peak that stays flat while the folder grows tenfold. The environment passes
+through: with MALLOC_MMAP_THRESHOLD_=131072, glibc returns freed batches to the system at once, so
+the peak shows live data only.
 """
 
 from __future__ import annotations
