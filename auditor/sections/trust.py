@@ -195,7 +195,7 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
         axis.set_xticks(steps, [f"{i}: {label}" for i, label in zip(steps, labels)], rotation=35, ha="right",
                         fontsize=7)
         axis.set_xlabel("randomised down to (cumulative, head first)", fontsize=8)
-        axis.set_ylim(-0.2, 1.05)
+        axis.set_ylim(-0.6, 1.05)
         axis.axhline(0, color="#999", linewidth=0.6)
     rank.axhline(SANITY_THRESHOLD, color="#b3261e", linestyle="--", linewidth=0.8)
     rank.legend(fontsize=7)
@@ -309,10 +309,10 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
         columns, table_rows)
     blocks: list[Any] = [
         table,
-        Figure("trust-curves", f"Left: the randomisation test, mean over the {n} images: similarity of each method's "
+        Figure("trust-curves", f"Top: the randomisation test, mean over the {n} images: similarity of each method's "
                                f"map to the trained model's as the weights are randomised cumulatively from the head "
                                f"down (dashed red: the {SANITY_THRESHOLD} threshold for the averaged Spearman). "
-                               f"Right: mean deletion and insertion curves, with the random map dotted.",
+                               f"Bottom: mean deletion and insertion curves, with the random map dotted.",
                plot(labels, scores, curves, [NAMES[m] for m in methods] + ["random map"]), "image/png",
                alt="Randomisation and deletion / insertion curves per method."),
         Figure(f"trust-cascade-{ctx.images.names[rows[0]]}",
