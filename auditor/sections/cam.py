@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -137,12 +136,17 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     and a note when the model has no rectifier to guide (GELU in ViT, Swin, ConvNeXt): then the figure shows
     the plain gradient, says so, and is not passed on as guided backprop."""
     top = torch.tensor([p.per_image[row][0] for row in range(len(p.shown))], device=batch.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RectifierNotSeenWarning)
-        guided = guided_backprop(ctx.module, batch, top).cpu()
-    blind = next((str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)), None)
-    if blind is None:
-        ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
+    shared = ctx.shared.get("guided backprop")  # the reconstructions section's, for the same top classes
+    blind = None
+    if shared is not None and shared["shown"] == p.shown:
+        guided = shared["gradients"]
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RectifierNotSeenWarning)
+            guided = guided_backprop(ctx.module, batch, top).cpu()
+        blind = next((str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)), None)
+        if blind is None:
+            ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
     name = "plain gradient" if blind else "guided backprop"
     grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
     rows = []
@@ -150,7 +154,7 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
         photo = ctx.photo(index, TILE_PX)
         product = guided[row] * grad_cam[row].to(guided.dtype)
         pictures = [photo, overlay(photo, grad_cam[row].numpy()),
-                    _picture(gradient_picture(guided[row])), _picture(gradient_picture(product))]
+                    gradient_picture(guided[row], TILE_PX), gradient_picture(product, TILE_PX)]
         titles = [ctx.images.names[index], f"Grad-CAM: {class_title(ctx, index, int(top[row]))}", name,
                   f"Grad-CAM × {name}"]
         rows.append(stack([titled(pic, t, size=11) for pic, t in zip(pictures, titles)], vertical=False, gap=4))
@@ -162,11 +166,6 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     note = f"Guided Grad-CAM multiplies by the plain input gradient here, not guided backprop ({blind})." \
         if blind else None
     return figure, note
-
-
-def _picture(values: np.ndarray) -> Image.Image:
-    image = Image.fromarray((values * 255).round().astype(np.uint8))
-    return image.resize((TILE_PX, TILE_PX), Image.Resampling.BILINEAR)
 
 
 def peak(heat: torch.Tensor) -> list[float]:

@@ -34,11 +34,22 @@ def _tile(image: np.ndarray | Image.Image, title: str) -> Image.Image:
     return titled(picture.resize((TILE_PX, TILE_PX), Image.Resampling.BICUBIC), title, size=11)
 
 
-def exemplar_activations(ctx: AuditContext, layer: str, channels: list[int]) -> torch.Tensor:
-    """The layer's maps for the chosen channels on every image, batch by batch: [N, C, h, w] on the CPU."""
-    parts = [capture(ctx.module, [layer], batch, option="--max-layer")[layer][:, channels]
-             for _, batch in ctx.batches()]
-    return torch.cat(parts)
+def layer_activations(ctx: AuditContext, layer: str, given: list[int]) -> tuple[list[int], torch.Tensor]:
+    """The channels (`given`, or spread over the layer) and their maps on every image, [N, C, h, w] on the CPU.
+
+    One pass over the images, batch by batch; the first batch tells the layer's channel count.
+    """
+    channels, parts = given, []
+    for _, batch in ctx.batches():
+        maps = capture(ctx.module, [layer], batch, option="--max-layer")[layer]
+        if not parts:
+            count = maps.shape[1]
+            channels = channels or default_channels(count)
+            if max(channels) >= count:
+                raise AuditorError(f"--max-channels: {layer} has {count} channels (0 to {count - 1}), "
+                                   f"not {max(channels)}")
+        parts.append(maps[:, channels])
+    return channels, torch.cat(parts)
 
 
 def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exemplars, row: int) -> Image.Image:
@@ -59,18 +70,13 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
                                            f"(--max-size), so the syntheses are {size}×{size} px, its input size.")]
     layer = settings["max_layer"] or default_layer(ctx.module, size)
     layer, _ = resolve_layer(ctx.module, layer, "--max-layer", ctx.model.name)
-    example = ctx.inputs([0])
-    channel_count = capture(ctx.module, [layer], example, option="--max-layer")[layer].shape[1]
-    channels = list(settings["max_channels"]) or default_channels(channel_count)
-    if max(channels) >= channel_count:
-        raise AuditorError(f"--max-channels: {layer} has {channel_count} channels (0 to {channel_count - 1}), "
-                         f"not {max(channels)}")
+    channels, activations = layer_activations(ctx, layer, list(settings["max_channels"]))
     preprocess = ctx.model.preprocess
     results = {method: maximize(ctx.module, layer, channels, size=size, steps=steps, method=method,
                                 seed=ctx.options.seed, mean=preprocess.mean, std=preprocess.std)
                for method in METHODS}
     field = receptive_field(ctx.module, layer, preprocess.crop, seed=ctx.options.seed)
-    found = exemplars(exemplar_activations(ctx, layer, channels), list(range(len(channels))), field,
+    found = exemplars(activations, list(range(len(channels))), field,
                       top=settings["max_exemplars"])
     found = Exemplars(tuple(channels), found.images, found.activations, found.boxes)
     rows = [channel_row(ctx, results, found, row) for row in range(len(channels))]

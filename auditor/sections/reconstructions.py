@@ -24,14 +24,15 @@ TILE_PX = 150
 METHODS = (("guided backprop", guided_backprop), ("deconvnet", deconvnet))
 
 
-def gradient_picture(gradient: torch.Tensor) -> np.ndarray:
-    """A [3, H, W] input gradient as an RGB picture: grey is zero, scaled by its 99.5th percentile of |g|.
+def gradient_picture(gradient: torch.Tensor, size: int) -> Image.Image:
+    """A [3, H, W] input gradient as a size × size RGB picture: grey is zero, scaled by its 99.5th percentile of |g|.
 
     The percentile, not the maximum, keeps one extreme pixel from turning the rest grey.
     """
     values = gradient.float().cpu().numpy().transpose(1, 2, 0)
     scale = float(np.percentile(np.abs(values), 99.5)) or 1.0
-    return np.clip(0.5 + 0.5 * values / scale, 0.0, 1.0)
+    pixels = (np.clip(0.5 + 0.5 * values / scale, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def default_recon_layer(ctx: AuditContext, example: torch.Tensor) -> str:
@@ -64,8 +65,7 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
     targets = [f"{class_name} ({probability:.2f})"] + [f"{layer} ch {c}" for c in channels]
     method_rows = []
     for method, gradients in results.items():
-        tiles = [Image.fromarray((gradient_picture(g[row]) * 255).round().astype(np.uint8))
-                 .resize((TILE_PX, TILE_PX), Image.Resampling.BILINEAR) for g in gradients]
+        tiles = [gradient_picture(g[row], TILE_PX) for g in gradients]
         panels = stack([titled(tile, target, size=11) for tile, target in zip(tiles, targets)], vertical=False, gap=4)
         method_rows.append(titled(panels, "plain gradient" if plain else method, size=13))
     picture = stack([titled(photo, name, size=11), stack(method_rows, gap=8)], vertical=False, gap=12)

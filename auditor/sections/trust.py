@@ -77,7 +77,7 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
     """Every method's map of `targets` [N] on `x`; methods in `known` (already computed) are not redone."""
     maps: dict[str, torch.Tensor] = {m: v.float().cpu() for m, v in (known or {}).items()}
     missing: dict[str, str] = {}
-    if not set(CAM_FAMILY) <= set(maps) or "guided-grad-cam" not in maps:
+    if not set(CAM_FAMILY) <= set(maps):
         try:
             result = cam_maps(model, x, targets[:, None], layer, target=target)
         except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out
@@ -117,11 +117,10 @@ def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
     for method, key in SHARED_GRADIENTS.items():
         shared = ctx.shared.get(key)
         if shared is not None and shared["shown"][:len(rows)] == rows:
-            known[method] = gradient_saliency(shared["gradients"][:len(rows)].float())
-    guided = ctx.shared.get("guided backprop")
-    if "grad-cam" in known and guided is not None and guided["shown"][:len(rows)] == rows:
-        product = guided["gradients"][:len(rows)].float() * known["grad-cam"][:, None]
-        known["guided-grad-cam"] = gradient_saliency(product)
+            gradients = shared["gradients"][:len(rows)].float()
+            known[method] = gradient_saliency(gradients)
+            if method == "guided-backprop" and "grad-cam" in known:
+                known["guided-grad-cam"] = gradient_saliency(gradients * known["grad-cam"][:, None])
     return known
 
 
