@@ -15,7 +15,8 @@ Rows:
   lucent     render_vis: one batch of all channels, Fourier image, standard transforms,
              fixed_image_size; needs `pip install torch-lucent --no-deps` plus decorator and kornia==0.4.1
              (IPython, imported only to show images in notebooks, is stubbed here)
-  pixel      auditor's maximize(method="pixel"): one batch, truncated forward, frozen parameters
+  pixel      auditor's maximize(method="pixel"): one batch, truncated forward, BatchNorms folded into the
+             convolutions, frozen parameters, channels-last input
   fourier    auditor's maximize(method="fourier")
 Finally the report's default: EfficientNet-Lite0, default layer and 8 channels, both methods.
 """

@@ -97,9 +97,10 @@ def test_forward_stops_at_the_layer():
 
     with forward_hooks([(model.get_submodule(n), count(n)) for n in names]):
         mx.maximize(model, "features.2", [0], size=16, steps=7, method="fourier")
-    # the target runs in the probe pass, the memory-layout probe, 7 steps and the final evaluation;
-    # later modules only in the first probe pass
-    assert calls == {"features.2": 10, "features.3": 1, "features.5": 1, "pool": 1, "classifier": 1}
+    # the target runs in the probe pass, three batch-norm folding passes (find the pairs, the model's
+    # output, the folded output), the memory-layout probe, 7 steps and the final evaluation; later
+    # modules only in the first probe pass
+    assert calls == {"features.2": 13, "features.3": 1, "features.5": 1, "pool": 1, "classifier": 1}
 
 
 def test_truncated_forward_returns_the_layer_output_and_none_if_it_never_runs():

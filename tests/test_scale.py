@@ -69,9 +69,9 @@ def test_misclassified_first_then_least_and_most_confident_alternately():
     # 0.3: file order gives 1), most confident (5 and 6 tie at 0.95: 5), least (3), most (6)
     assert gallery.indices == [2, 4, 8, 1, 5, 3]
     assert gallery.reasons == ["misclassified"] * 3 + ["least confident", "most confident", "least confident"]
-    assert gallery.rule == ("6 of 9 images: misclassified images first (3 shown of 3, the most confident mistakes "
-                            "first), then the least and the most confident predictions alternately (top-1 probability), "
-                            "ties in file order")
+    assert gallery.rule == ("6 of 9 images: misclassified images first (3 shown of 3, the most confident "
+                            "mistakes first), then the least and the most confident predictions alternately "
+                            "(top-1 probability), ties in file order")
 
 
 def test_more_mistakes_than_room_shows_the_most_confident_mistakes():

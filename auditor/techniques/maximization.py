@@ -2,7 +2,8 @@
 (dataset exemplars) that excite it, so a reader can compare what a channel "likes" with what it sees.
 
 Fast by design: every channel of a call is one image of a single batch (one forward and backward per
-step), the forward pass stops at the layer, parameters are frozen, and gradients flow to the images only.
+step), the forward pass stops at the layer, BatchNorms are folded into the convolutions before them,
+parameters are frozen, and gradients flow to the images only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
+from auditor.folding import folded_batch_norms
 from auditor.hooks import truncated_forward
 from auditor.layer_table import record_calls
 from auditor.layers import channel_count, channels_first, resolve_layer, stage_layers
@@ -212,7 +214,8 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
         optimizer = torch.optim.Adam([image.parameter], lr=lr or LEARNING_RATES[method])
         generator = torch.Generator().manual_seed(seed)
         history = []
-        with truncated_forward(model, module) as run:
+        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
+        with folded_batch_norms(model, module, example), truncated_forward(model, module) as run:
             layout = _memory_format(run, size, dtype, device)
             for _ in range(steps):
                 rgb = image.rgb() if method == "pixel" else random_affine(image.rgb(), jitter, generator)

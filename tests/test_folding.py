@@ -1,0 +1,152 @@
+"""BatchNorm folding: the folded network computes what the model computes, without a BatchNorm call,
+and the model is exactly as before afterwards; pairs that cannot be folded are left alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from auditor.folding import conv_norm_pairs, folded_batch_norms
+from auditor.hooks import truncated_forward
+from auditor.state import audit_mode
+from tests.fixtures_models import tiny
+
+
+class BatchNormCalls(TorchFunctionMode):
+    """Counts F.batch_norm calls, whichever module makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.nn.functional.batch_norm
+        return func(*args, **(kwargs or {}))
+
+
+class SkipOverNorm(nn.Module):
+    """The convolution's output feeds the BatchNorm and, unnormalised, the sum after it: not foldable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.out(self.norm(y) + y)
+
+
+def randomise_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            count = module.num_features
+            module.running_mean.copy_(torch.rand(count, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(count, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(count, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(count, generator=generator) - 0.5)
+    return model.eval()
+
+
+def snapshot(model: nn.Module) -> dict[str, object]:
+    return {"tensors": {k: (v, v.clone()) for k, v in model.state_dict(keep_vars=True).items()},
+            "dicts": [sorted(vars(m)) for m in model.modules()],
+            "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]}
+
+
+def assert_as_before(model: nn.Module, before: dict[str, object]) -> None:
+    after = model.state_dict(keep_vars=True)
+    for name, (tensor, values) in before["tensors"].items():
+        assert after[name] is tensor and torch.equal(tensor, values), name
+    assert [sorted(vars(m)) for m in model.modules()] == before["dicts"]  # no forward left on an instance
+    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == before["hooks"]
+
+
+def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with truncated_forward(model, layer) as run, torch.no_grad():
+        return run(x)
+
+
+def test_tiny_net_folds_both_pairs_and_matches_the_hand_folded_weights():
+    model = tiny().double()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    layer = model.features[5]
+    expected = layer_output(model, layer, x)
+    conv, norm = model.features[0], model.features[1]
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    hand_weight = conv.weight * scale[:, None, None, None]
+    hand_bias = (conv.bias - norm.running_mean) * scale + norm.bias
+    before = snapshot(model)
+    with folded_batch_norms(model, layer, x[:1]) as folded, BatchNormCalls() as counter:
+        output = layer_output(model, layer, x)
+        torch.testing.assert_close(conv.weight, hand_weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(conv.bias, hand_bias, rtol=1e-12, atol=1e-12)
+    assert folded == 2 and counter.count == 0
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)  # float64: rounding only
+    assert_as_before(model, before)
+
+
+def test_resnet18_folds_every_pair_before_the_layer_and_agrees_in_float32():
+    model = randomise_statistics(torchvision.models.resnet18())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    layer = model.layer2
+    expected = layer_output(model, layer, x)
+    before = snapshot(model)
+    # conv1 + bn1; layer1: 2 blocks x 2; layer2: 2 blocks x 2 and one downsample
+    assert len(conv_norm_pairs(model, layer, x[:1])) == 10
+    with audit_mode(model), folded_batch_norms(model, layer, x[:1]) as folded, BatchNormCalls() as counter:
+        output = layer_output(model, layer, x)
+    assert folded == 10 and counter.count == 0
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert_as_before(model, before)
+
+
+def test_a_convolution_output_used_beside_its_norm_is_not_folded():
+    model = randomise_statistics(SkipOverNorm())
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    expected = layer_output(model, model.out, x)
+    assert len(conv_norm_pairs(model, model.out, x)) == 1  # the pair looks foldable from the calls alone
+    before = snapshot(model)
+    with folded_batch_norms(model, model.out, x) as folded:
+        assert folded == 0  # the check on the example finds the folded output differs
+        assert torch.equal(layer_output(model, model.out, x), expected)
+    assert_as_before(model, before)
+
+
+@pytest.mark.parametrize("case", ["training", "hooked norm", "hooked convolution", "norm is the layer",
+                                  "norm runs twice"])
+def test_unfoldable_pairs_are_skipped(case):
+    model = tiny()
+    layer = model.features[5]
+    conv, norm = model.features[3], model.features[4]
+    handles = []
+    if case == "training":
+        norm.train()
+    elif case == "hooked norm":
+        handles.append(norm.register_forward_hook(lambda m, i, o: None))
+    elif case == "hooked convolution":
+        handles.append(conv.register_forward_pre_hook(lambda m, i: None))
+    elif case == "norm is the layer":
+        layer = norm
+    else:
+        model.features[4] = nn.Sequential(norm, nn.Conv2d(16, 16, 1), norm)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    pairs = conv_norm_pairs(model, layer, x)
+    assert (model.features[0], model.features[1]) in pairs and all(conv is not c for c, _ in pairs)
+    for handle in handles:
+        handle.remove()
+
+
+def test_a_failing_forward_inside_the_block_still_restores_the_model():
+    model = tiny()
+    before = snapshot(model)
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    with pytest.raises(RuntimeError, match="channels"), folded_batch_norms(model, model.features[5], x) as folded:
+        assert folded == 2
+        layer_output(model, model.features[5], torch.randn(1, 5, 16, 16))  # 5 channels where 3 are expected
+    assert_as_before(model, before)
