@@ -79,8 +79,9 @@ def run_audit(
             if progress is not None:
                 progress(technique.name, index, len(techniques))
             done[technique.name] = _run_one(technique, ctx, options)
+        layout = "channels-last" if ctx.memory_format == torch.channels_last else "contiguous"
     sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
-    record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections)
+    record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout)
     return Report(record, sections)
 
 
@@ -156,8 +157,10 @@ def audit_record(
     when: datetime,
     seconds: float,
     sections: list[Section],
+    layout: str = "contiguous",
 ) -> dict[str, Any]:
-    """What a reviewer needs to reproduce the audit: model, data hashes, versions, device, options."""
+    """What a reviewer needs to reproduce the audit: model, data hashes, versions, device, input layout
+    (AuditContext.memory_format: it changes float rounding), options."""
     parameters = model.parameter_count
     return {
         "auditor_version": __version__,
@@ -194,6 +197,7 @@ def audit_record(
             "torchvision": torchvision.__version__,
             "platform": platform.platform(terse=True),
             "device": _describe_device(device),
+            "input_layout": layout,
         },
         "seed": options.seed,
         "command": options.command_line(),

@@ -96,7 +96,7 @@ def test_every_technique_returns_the_model_exactly_as_given(technique: str) -> N
 
 @pytest.mark.parametrize("technique", [t for t in TECHNIQUES if t != "architecture"] + ["architecture"])
 def test_a_failing_run_leaves_no_hook_and_no_change(technique: str) -> None:
-    module = user_model(fail_after=2)  # the shared forward passes, the technique's own passes fail
+    module = user_model(fail_after=4)  # the layout probe and shared forward pass, the technique's own passes fail
     before = snapshot(module)
     audit(module, technique)  # fails inside the technique (or not at all, if it needs no forward pass)
     module.fail_after = None

@@ -29,6 +29,7 @@ from torch import nn
 
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
+from auditor.folding import folded_batch_norms
 from auditor.references import resolve_classes
 from auditor.render import colorize, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
@@ -249,11 +250,12 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     methods = list(original.maps)
     stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
                                                                              ctx.options.seed)], dim=1)
-    targets = top[:, None].expand(-1, stacked.shape[1]).cpu()
-    curves = deletion_insertion(ctx.module, x, stacked.to(x.device), targets.to(x.device), steps=steps + 1,
-                                baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size))
-    confidence = confidence_change(ctx.module, x, stacked.to(x.device), targets.to(x.device),
-                                   batch_size=max(16, ctx.options.batch_size))
+    targets = top[:, None].expand(-1, stacked.shape[1]).to(x.device)
+    with folded_batch_norms(ctx.module, ctx.module, x[:1]):  # hundreds of perturbed images through one model
+        curves = deletion_insertion(ctx.module, x, stacked.to(x.device), targets, steps=steps + 1,
+                                    baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size))
+        confidence = confidence_change(ctx.module, x, stacked.to(x.device), targets,
+                                       batch_size=max(16, ctx.options.batch_size))
     boxes = localisation(ctx, settings["boxes"], layer, target) if settings["boxes"] else {}
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):
