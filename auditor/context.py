@@ -13,6 +13,7 @@ from PIL import Image
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
 from auditor.images import Gallery, ImageSet, choose_gallery
+from auditor.layout import preferred_layout
 from auditor.models import LoadedModel, imagenet_class_names
 
 
@@ -83,25 +84,14 @@ class AuditContext:
 
     @cached_property
     def memory_format(self) -> torch.memory_format:
-        """The layout inputs are given in: channels-last on the CPU where the model computes the same output
-        with it, since its convolutions then run 1.2-2.4x faster (bench/bench_layout.py), and the layout
-        propagates to every batch built from the inputs. On CUDA, and for a model that fails or differs on
-        channels-last input (one that reads its activations as flat memory), the usual layout."""
-        convolutional = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.module.modules())
-        if self.device.type != "cpu" or not convolutional:
+        """The layout inputs are given in (auditor.layout.preferred_layout, probed once on a random input);
+        the usual one for a model without convolutions, where the layout cannot matter."""
+        if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.module.modules()):
             return torch.contiguous_format
         crop = self.model.preprocess.crop
         dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
         probe = torch.randn(1, 3, crop, crop, generator=torch.Generator().manual_seed(0), dtype=dtype)
-        try:
-            with torch.inference_mode():
-                usual = self.module(probe)
-                last = self.module(probe.contiguous(memory_format=torch.channels_last))
-        except Exception:  # noqa: BLE001 - any failure here is the shared forward's to report, in the usual layout
-            return torch.contiguous_format
-        agree = (isinstance(usual, torch.Tensor) and isinstance(last, torch.Tensor) and usual.shape == last.shape
-                 and bool((usual - last).abs().max() <= 1e-3 * usual.abs().max() + 1e-6))
-        return torch.channels_last if agree else torch.contiguous_format
+        return preferred_layout(self.module, probe.to(self.device))
 
     def photo(self, index: int, size: int | None = None) -> Image.Image:
         """Image `index` as the model saw it (crop, before normalisation), resized to size × size if given."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from auditor.hooks import forward_hooks, forward_pre_hooks, truncated_forward
+from auditor.layout import outputs_agree
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -35,24 +36,24 @@ def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor
 
     The model must be in eval mode (auditor.state.audit_mode): a BatchNorm in training mode is left alone.
     """
-    pairs = conv_norm_pairs(model, layer, example)
-    reference = _output(model, layer, example) if pairs else None
+    pairs, reference = conv_norm_pairs(model, layer, example)
     agrees = False
-    if isinstance(reference, torch.Tensor):
+    if pairs and isinstance(reference, torch.Tensor):
         with _swapped(pairs):
-            agrees = _close(_output(model, layer, example), reference)
+            agrees = outputs_agree(_output(model, layer, example), reference)
             if agrees:
                 yield len(pairs)
     if not agrees:
         yield 0
 
 
-def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> list[_Pair]:
+def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> tuple[list[_Pair], Any]:
     """The (convolution, BatchNorm) pairs that run before `layer`'s output on `example`, where the
-    BatchNorm's input is the convolution's output tensor itself and each module runs once. Modules
-    with hooks of their own, BatchNorms in training mode or without running statistics are skipped."""
+    BatchNorm's input is the convolution's output tensor itself and each module runs once, and that
+    output (the unfolded reference). Modules with hooks of their own, BatchNorms in training mode or
+    without running statistics are skipped."""
     if isinstance(model, torch.jit.ScriptModule):
-        return []
+        return [], None
     convolutions = [m for m in model.modules() if isinstance(m, _CONVOLUTIONS) and _hookless(m) and m is not layer]
     norms = [m for m in model.modules() if _foldable_norm(m) and m is not layer]
     calls: Counter[nn.Module] = Counter()
@@ -72,9 +73,10 @@ def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor) -
     with forward_hooks([(m, after_convolution) for m in convolutions]), \
             forward_pre_hooks([(m, before_norm) for m in norms]), \
             truncated_forward(model, layer) as run, torch.no_grad():
-        run(example)
-    return [(conv, norm) for conv, norm in found
-            if calls[conv] == 1 and calls[norm] == 1 and conv.out_channels == norm.num_features]
+        reference = run(example)
+    pairs = [(conv, norm) for conv, norm in found
+             if calls[conv] == 1 and calls[norm] == 1 and conv.out_channels == norm.num_features]
+    return pairs, reference
 
 
 def _foldable_norm(module: nn.Module) -> bool:
@@ -126,11 +128,3 @@ def _swapped(pairs: list[_Pair]) -> Iterator[None]:
 def _output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Any:
     with truncated_forward(model, layer) as run, torch.no_grad():
         return run(x)
-
-
-def _close(folded: Any, reference: torch.Tensor) -> bool:
-    """Equal within 1% of the largest value: room for the rounding of TF32 convolutions (CUDA's default)
-    and half precision, far less than a wrong fold changes (the BatchNorm's whole shift and scale)."""
-    if not isinstance(folded, torch.Tensor) or folded.shape != reference.shape:
-        return False
-    return bool((folded - reference).abs().max() <= 1e-2 * reference.abs().max() + 1e-6)

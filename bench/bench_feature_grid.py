@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,6 +18,7 @@ from matplotlib.figure import Figure
 
 from auditor.render import tile_grid, to_png, upscale
 from auditor.sections.feature_maps import channel_picture
+from bench_reconstructions import median_seconds  # bench/ is on the path when a script there runs
 
 
 def ours(maps: np.ndarray) -> bytes:
@@ -42,23 +40,13 @@ def subplots(maps: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def median_time(function: Callable[[np.ndarray], bytes], maps: np.ndarray, repeat: int) -> float:
-    function(maps)  # warm-up: fonts, caches
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function(maps)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     maps = np.maximum(np.random.default_rng(0).normal(size=(args.channels, 56, 56)), 0).astype(np.float32)
-    fast, slow = median_time(ours, maps, args.repeat), median_time(subplots, maps, args.repeat)
+    fast, slow = (median_seconds(lambda: ours(maps), args.repeat), median_seconds(lambda: subplots(maps), args.repeat))
     print(f"{args.channels} channels of 56x56 as one PNG grid (median of {args.repeat})")
     print(f"  numpy + Pillow tile grid      {fast * 1000:8.1f} ms")
     print(f"  matplotlib subplot per channel {slow * 1000:8.1f} ms")

@@ -97,9 +97,9 @@ def test_forward_stops_at_the_layer():
 
     with forward_hooks([(model.get_submodule(n), count(n)) for n in names]):
         mx.maximize(model, "features.2", [0], size=16, steps=7, method="fourier")
-    # the target runs in the probe pass, three batch-norm folding passes (find the pairs, the model's
-    # output, the folded output), the memory-layout probe, 7 steps and the final evaluation; later
-    # modules only in the first probe pass
+    # the target runs in the probe pass, two batch-norm folding passes (find the pairs with the model's
+    # output, the folded output), the memory-layout probe's two, 7 steps and the final evaluation;
+    # later modules only in the first probe pass
     assert calls == {"features.2": 13, "features.3": 1, "features.5": 1, "pool": 1, "classifier": 1}
 
 

@@ -29,6 +29,7 @@ from auditor.techniques.cam_layers import (
     detect_layout,
     resolve_layer,
 )
+from auditor.techniques.maps import minmax
 
 __all__ = ["METHODS", "CamNotApplicable", "CamResult", "cam_maps", "choose_layer", "class_activation_map",
            "grad_cam", "grad_cam_pp"]
@@ -244,6 +245,4 @@ def upsample_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     """[N, K, h, w] -> [N, K, H, W]: bilinear to the input size, then min-max to [0, 1] per map.
     A constant map (all zero, say) becomes all zero, never NaN."""
     upsampled = F.interpolate(raw.flatten(0, 1)[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    low = upsampled.amin(dim=(-2, -1), keepdim=True)
-    span = upsampled.amax(dim=(-2, -1), keepdim=True) - low
-    return ((upsampled - low) / span.clamp_min(torch.finfo(span.dtype).tiny)).view(*raw.shape[:2], *size)
+    return minmax(upsampled).view(*raw.shape[:2], *size)

@@ -21,6 +21,7 @@ from auditor.folding import folded_batch_norms
 from auditor.hooks import truncated_forward
 from auditor.layer_table import record_calls
 from auditor.layers import channel_count, channels_first, resolve_layer, stage_layers
+from auditor.layout import preferred_layout
 from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.state import audit_mode
 from auditor.techniques.parameterization import (
@@ -216,7 +217,7 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
         history = []
         example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
         with folded_batch_norms(model, module, example), truncated_forward(model, module) as run:
-            layout = _memory_format(run, size, dtype, device)
+            layout = preferred_layout(run, example)
             for _ in range(steps):
                 rgb = image.rgb() if method == "pixel" else random_affine(image.rgb(), jitter, generator)
                 output = channels_first(run(((rgb - shift) / scale).contiguous(memory_format=layout)), (size, size))
@@ -235,19 +236,6 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
     shape = (len(chosen), copies) if copies > 1 else (len(chosen),)
     return Maximization(name, method, chosen, rgb.detach().reshape(*shape, *rgb.shape[1:]).cpu(),
                         final.reshape(shape).cpu(), torch.stack(history).reshape(steps, *shape).cpu())
-
-
-def _memory_format(run: _Run, size: int, dtype: torch.dtype, device: torch.device) -> torch.memory_format:
-    """channels_last when the network up to the layer takes it (its convolutions run about 15% faster on
-    CPU, bench/bench_maximization.py), else the usual layout: a model that views its activations as flat
-    memory fails on channels_last, which one probe image finds out."""
-    probe = torch.zeros(1, 3, size, size, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            run(probe)
-    except RuntimeError:
-        return torch.contiguous_format
-    return torch.channels_last
 
 
 def _check_options(method: str, steps: int, size: int) -> None:

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.hooks import forward_pre_hooks
 from auditor.state import audit_mode
+from auditor.techniques.maps import gaussian_blur, minmax
 
 __all__ = ["SANITY_THRESHOLD", "SSIM_WINDOW", "cascade_ends", "gradient_saliency", "parametrised_layers",
            "random_other_class", "randomization_cascade", "sanity_verdict", "spearman", "ssim"]
@@ -95,23 +95,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
                            "use a larger --input-size")
     x = a.reshape(-1, 1, height, width).float()
     y = b.reshape(-1, 1, height, width).float()
-    blurred = _gaussian_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1))
+    blurred = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), _SSIM_SIGMA, SSIM_WINDOW)
     ux, uy, uxx, uyy, uxy = blurred.unbind(dim=1)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.mean(dim=(-2, -1)).reshape(a.shape[:-2])
-
-
-def _gaussian_valid(images: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter (sigma 1.5, 11 taps, normalised as scipy.ndimage does), valid positions only."""
-    radius = SSIM_WINDOW // 2
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
-    taps = torch.exp(-0.5 * (offsets / _SSIM_SIGMA) ** 2)
-    taps = (taps / taps.sum()).to(images.dtype)
-    channels = images.shape[1]
-    rows = F.conv2d(images, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    return F.conv2d(rows, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -126,12 +115,7 @@ def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:
     compare with the CAM maps on one footing: absolute values, as Adebayo et al. compare them. A
     constant map becomes all zeros.
     """
-    saliency = gradients.abs().amax(dim=-3)
-    flat = saliency.flatten(-2)
-    low = flat.amin(dim=-1, keepdim=True)
-    span = flat.amax(dim=-1, keepdim=True) - low
-    scaled = (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny)
-    return scaled.where(span > 0, torch.zeros_like(scaled)).reshape(saliency.shape)
+    return minmax(gradients.abs().amax(dim=-3))
 
 
 # ---------------------------------------------------------------- cascading randomisation

@@ -17,6 +17,7 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.state import audit_mode
+from auditor.techniques.maps import gaussian_blur
 
 __all__ = ["BASELINES", "BLUR_KERNEL", "BLUR_SIGMA", "ConfidenceChange", "PerturbationCurves", "baseline_images",
            "confidence_change", "deletion_insertion", "random_maps"]
@@ -82,14 +83,7 @@ def baseline_images(x: torch.Tensor, baseline: Baseline) -> tuple[torch.Tensor, 
         return x.mean(dim=(-2, -1), keepdim=True).expand_as(x).contiguous(), "the image's mean colour"
     if baseline != "blur":
         raise AuditorError(f"--trust-baseline: {baseline!r} is not a baseline; use {' or '.join(BASELINES)}")
-    radius = BLUR_KERNEL // 2
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
-    taps = torch.exp(-0.5 * (offsets / BLUR_SIGMA) ** 2)
-    taps = (taps / taps.sum()).to(x.dtype)
-    channels = x.shape[1]
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    blurred = F.conv2d(rows, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    blurred = gaussian_blur(x, BLUR_SIGMA, BLUR_KERNEL, border="replicate")
     return blurred, f"a Gaussian blur of the image (sigma {BLUR_SIGMA:g} px, {BLUR_KERNEL}x{BLUR_KERNEL} kernel)"
 
 
