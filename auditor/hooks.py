@@ -17,11 +17,16 @@ ForwardPreHook = Callable[[nn.Module, tuple[Any, ...]], Any]
 
 @contextmanager
 def _registered(pairs: list[tuple[nn.Module, Callable[..., Any]]], method: str) -> Iterator[None]:
-    """Each hook registered with `module.<method>` for a `with` block, removed even if the block raises."""
+    """Each hook registered with `module.<method>` for a `with` block, removed even if the block raises.
+
+    TorchScript modules take no hooks, so they are skipped: their calls are invisible, as the functional
+    internals of TorchScript are (a partly scripted model still gets its other modules hooked).
+    """
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for module, hook in pairs:
-            handles.append(getattr(module, method)(hook))
+            if not isinstance(module, torch.jit.ScriptModule):
+                handles.append(getattr(module, method)(hook))
         yield
     finally:
         for handle in handles:

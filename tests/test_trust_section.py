@@ -71,3 +71,22 @@ def test_boxes_give_pointing_game_and_mass(tmp_path) -> None:
         assert entry["pointing_accuracy"] == 1.0 and entry["mass_inside"] == pytest.approx(1.0)  # box = image
         assert entry["boxes"] == 1
     assert "pointing" in trust.blocks[0].columns
+
+
+def test_a_partly_torchscript_model_scores_guided_backprop_on_every_randomised_copy() -> None:
+    """One rule for 'plain gradient' (no rectifier seen at all): the reconstructions section shares the
+    trained model's guided backprop of a partly TorchScript model, and each randomised copy's map is
+    computed under the same rule, not dropped and compared with an empty map."""
+    from tests.fixtures_models import tiny
+
+    module = tiny()
+    module.features[0] = torch.jit.script(module.features[0])
+    model = load_model(module, input_size=32)
+    images = load_images(None, model.preprocess)
+    settings = {"trust_steps": 2, "trust_images": 2, "recon_channels": 1}
+    report = run_audit(model, images, RunOptions(techniques=("reconstructions", "trust"), device="cpu",
+                                                 settings=settings))
+    trust = next(s for s in report.sections if s.technique == "trust")
+    assert trust.error is None, trust.error_detail
+    curve = trust.metrics["methods"]["guided-backprop"]["randomization"]["spearman"]
+    assert any(value != 0.0 for value in curve)  # an empty map would give exactly 0 at every step

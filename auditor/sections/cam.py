@@ -20,7 +20,7 @@ from auditor.render import colorbar, overlay, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
 from auditor.sections.reconstructions import gradient_picture
 from auditor.techniques.cam import CamNotApplicable, CamResult, cam_maps
-from auditor.techniques.reconstructions import RectifierNotSeenWarning, guided_backprop
+from auditor.techniques.reconstructions import RectifierNotSeenWarning, guided_backprop, no_rectifier_messages
 
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
@@ -144,7 +144,7 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RectifierNotSeenWarning)
             guided = guided_backprop(ctx.module, batch, top).cpu()
-        blind = next((str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)), None)
+        blind = next(iter(no_rectifier_messages(caught)), None)
         if blind is None:
             ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
     name = "plain gradient" if blind else "guided backprop"

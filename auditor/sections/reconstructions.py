@@ -18,6 +18,7 @@ from auditor.techniques.reconstructions import (
     RectifierNotSeenWarning,
     deconvnet,
     guided_backprop,
+    no_rectifier_messages,
 )
 
 TILE_PX = 150
@@ -44,8 +45,9 @@ def default_recon_layer(ctx: AuditContext, example: torch.Tensor) -> str:
 
 
 def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, layer: str,
-                channels: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], list[str]]:
-    """Per method, [class gradients, channel 1 gradients, ...] (each N×3×H×W), and the warnings raised."""
+                channels: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], list[str], bool]:
+    """Per method, [class gradients, channel 1 gradients, ...] (each N×3×H×W), the warnings raised, and
+    whether the results are the plain gradient (no rectifier seen)."""
     results: dict[str, list[torch.Tensor]] = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RectifierNotSeenWarning)
@@ -54,7 +56,7 @@ def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, l
             results[method] += [function(ctx.module, batch, channels[:, j], layer=layer).cpu()
                                 for j in range(channels.shape[1])]
     notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)))
-    return results, notes
+    return results, notes, bool(no_rectifier_messages(caught))
 
 
 def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, list[torch.Tensor]],
@@ -97,8 +99,7 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
             layer, _ = resolve_layer(ctx.module, layer, "--recon-layer", ctx.model.name)
             activation = capture(ctx.module, [layer], batch, option="--recon-layer")[layer]
             channels = strongest_channels(activation, settings["recon_channels"]).indices
-    results, notes = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
-    plain = any("no rectifier" in note for note in notes)
+    results, notes, plain = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
     if not plain:
         ctx.shared.update({method: {"shown": shown, "gradients": gradients[0]}
                            for method, gradients in results.items()})

@@ -33,12 +33,13 @@ from auditor.folding import folded_batch_norms
 from auditor.references import resolve_classes
 from auditor.render import colorize, stack, titled, to_jpeg
 from auditor.section import Figure, Heading, Section, Table
-from auditor.techniques.cam import CamNotApplicable, cam_maps
+from auditor.techniques.cam import CamNotApplicable, cam_maps, choose_layer
 from auditor.techniques.reconstructions import (
     RectifierNotSeenWarning,
     deconvnet,
     gradient,
     guided_backprop,
+    no_rectifier_messages,
 )
 from auditor.techniques.trust import (
     SANITY_THRESHOLD,
@@ -96,7 +97,7 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
             if method not in maps or (method == "guided-backprop" and "guided-grad-cam" not in maps):
                 gradients[method] = function(model, x, targets).float().cpu()
                 maps.setdefault(method, gradient_saliency(gradients[method]))
-    blind = [str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)]
+    blind = no_rectifier_messages(caught)
     if blind:  # guided backprop and deconvnet are then the plain gradient: not scored under their names
         for method in ("guided-backprop", "deconvnet"):
             maps.pop(method, None)
@@ -107,6 +108,16 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
         missing.setdefault("guided-grad-cam", missing.get("grad-cam") or missing.get("guided-backprop", ""))
     order = [m for m in NAMES if m in maps]
     return Saliency({m: maps[m] for m in order}, missing)
+
+
+def automatic_layer_name(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The CAM layer chosen once on the trained model, so that every randomised copy is explained at the
+    same layer (and the choice, a forward and backward pass, is not redone per copy); None when the model
+    has none (saliency then says why the CAM family is missing)."""
+    try:
+        return choose_layer(model, x).name
+    except CamNotApplicable:
+        return None
 
 
 def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
@@ -240,7 +251,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     x = ctx.inputs(rows)
     top = ctx.forward.top_indices[rows, 0].clone().to(ctx.device)
     cam = ctx.shared.get("cam", {})
-    layer = cam.get("layer") or ctx.options.settings.get("cam_layer") or None  # None: the automatic choice
+    layer = cam.get("layer") or ctx.options.settings.get("cam_layer") or automatic_layer_name(ctx.module, x)
     target = cam.get("target") or ctx.options.settings.get("cam_target") or "logit"
     original = saliency(ctx.module, x, top, layer, target, known_maps(ctx, rows))
     steps = settings["trust_steps"]

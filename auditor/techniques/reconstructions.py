@@ -35,6 +35,16 @@ class RectifierNotSeenWarning(UserWarning):
     plain input gradient. The message says why; the report should show it."""
 
 
+class NoRectifierWarning(RectifierNotSeenWarning):
+    """No rectifier was seen at all: the result is wholly the plain input gradient, not the method's."""
+
+
+def no_rectifier_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """The messages of the NoRectifierWarnings among `caught`: the one rule for whether a result is the
+    plain gradient. A partly TorchScript model only warns: its other rectifiers are still replaced."""
+    return [str(w.message) for w in caught if issubclass(w.category, NoRectifierWarning)]
+
+
 def guided_backprop(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
                     layer: str | nn.Module | None = None) -> torch.Tensor:
     """Guided backprop input gradients [N, 3, H, W] (see module doc and `gradient` for the arguments)."""
@@ -183,7 +193,7 @@ def _warn_if_blind(model: nn.Module, mode: _RectifierMode, method: str) -> None:
     if mode.seen == 0:
         warnings.warn(f"{method}: no rectifier (nn.ReLU, ReLU6, F.relu, torch.relu) ran in the forward pass, "
                       "e.g. a TorchScript model or one with other activations; the result reduces to the plain "
-                      "input gradient", RectifierNotSeenWarning, stacklevel=4)
+                      "input gradient", NoRectifierWarning, stacklevel=4)
     elif any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
                       "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)
