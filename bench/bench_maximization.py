@@ -34,9 +34,9 @@ import torchvision
 from torch import nn
 
 from auditor.models import load_model
+from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.techniques import maximization as mx
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CASES = {"layer3": list(range(0, 1024, 64)), "layer1.2.conv3": list(range(0, 160, 10))}
 
 
@@ -55,8 +55,8 @@ def tutorial(model: nn.Module, layer: str, channel: int, size: int, steps: int) 
     captured = {}
     handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.update(out=o))
     try:
-        image = ((torch.rand(1, 3, size, size) * 30 + 150) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1))
-        image = (image / torch.tensor(STD).view(1, 3, 1, 1)).requires_grad_(True)
+        image = ((torch.rand(1, 3, size, size) * 30 + 150) / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        image = (image / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).requires_grad_(True)
         optimizer = torch.optim.Adam([image], lr=0.1, weight_decay=1e-6)
         for _ in range(steps):
             optimizer.zero_grad()
@@ -115,8 +115,8 @@ def main() -> None:
             per_channel["lucent"] = seconds(lambda: lucent_render(model, layer, channels, args.size, args.steps)) \
                 / len(channels)
         for method in mx.METHODS:
-            per_channel[method] = seconds(lambda: mx.maximize(model, layer, channels, args.size, args.steps, method,
-                                                              mean=MEAN, std=STD)) / len(channels)
+            per_channel[method] = seconds(lambda: mx.maximize(model, layer, channels, args.size, args.steps,
+                                                              method)) / len(channels)
         print(f"\nresnet50 {layer}, {len(channels)} channels: {clock} seconds per channel (ratio = other / this)")
         print(f"{'':10}{'s/channel':>10}{'tutorial/x':>12}{'lucent/x':>10}")
         for name, value in per_channel.items():

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-import torchvision
 
 from auditor import RunOptions, load_images, load_model, run_audit
 from auditor.report.manifest import render_json
+from tests.fixtures_models import tiny
 
 METHOD_KEYS = {"cam", "grad-cam", "grad-cam++", "guided-backprop", "deconvnet", "guided-grad-cam", "gradient"}
 
@@ -42,7 +42,7 @@ def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch
     original = trust_module.cam_maps
     monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
     torch.manual_seed(0)
-    model = load_model(torchvision.models.resnet18(num_classes=6).eval(), input_size=64)
+    model = load_model(tiny(6), input_size=64)
     images = load_images(None, model.preprocess)
     report = run_audit(model, images, RunOptions(techniques=("cam", "trust", "reconstructions"), device="cpu",
                                                  settings={"trust_steps": 2, "trust_images": 2}))
@@ -57,7 +57,7 @@ def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch
 
 def test_boxes_give_pointing_game_and_mass(tmp_path) -> None:
     torch.manual_seed(0)
-    model = load_model(torchvision.models.resnet18(num_classes=6).eval(), input_size=64)
+    model = load_model(tiny(6), input_size=64)
     images = load_images(None, model.preprocess)
     width, height = images.sizes[images.names.index("coffee.png")]
     boxes = tmp_path / "boxes.csv"
@@ -77,8 +77,6 @@ def test_a_partly_torchscript_model_scores_guided_backprop_on_every_randomised_c
     """One rule for 'plain gradient' (no rectifier seen at all): the reconstructions section shares the
     trained model's guided backprop of a partly TorchScript model, and each randomised copy's map is
     computed under the same rule, not dropped and compared with an empty map."""
-    from tests.fixtures_models import tiny
-
     module = tiny()
     module.features[0] = torch.jit.script(module.features[0])
     model = load_model(module, input_size=32)
