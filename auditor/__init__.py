@@ -12,23 +12,24 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "AuditorError": "auditor.errors",
-    "ImageSet": "auditor.images",
-    "LoadedModel": "auditor.models",
-    "Report": "auditor.audit",
+    "ImageSet": "auditor.inputs.images",
+    "LoadedModel": "auditor.inputs.models",
+    "Report": "auditor.document",
     "RunOptions": "auditor.config",
-    "load_images": "auditor.images",
-    "load_model": "auditor.models",
+    "load_images": "auditor.inputs.images",
+    "load_model": "auditor.inputs.models",
     "run_audit": "auditor.audit",
     "write_report": "auditor.report",
 }
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:
-    from auditor.audit import Report, run_audit
+    from auditor.audit import run_audit
     from auditor.config import RunOptions
+    from auditor.document import Report
     from auditor.errors import AuditorError
-    from auditor.images import ImageSet, load_images
-    from auditor.models import LoadedModel, load_model
+    from auditor.inputs.images import ImageSet, load_images
+    from auditor.inputs.models import LoadedModel, load_model
     from auditor.report import write_report
 
 

@@ -8,7 +8,6 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,27 +18,15 @@ import torchvision
 from auditor import __version__
 from auditor.config import RunOptions
 from auditor.context import AuditContext, is_out_of_memory, resolve_device
-from auditor.images import ImageSet, load_images
-from auditor.models import LoadedModel, load_model
-from auditor.references import check_references
+from auditor.document import Figure, Report, Section
+from auditor.inputs.images import ImageSet, load_images
+from auditor.inputs.models import LoadedModel, load_model
+from auditor.nn.restore import audit_mode
+from auditor.option_checks import check_references
 from auditor.registry import declared_options, discover, select
-from auditor.section import Figure, Section
-from auditor.state import audit_mode
-from auditor.svg import check_passive
+from auditor.report.svg import check_passive
 
 Progress = Callable[[str, int, int], None]  # (technique name, index, total)
-
-
-@dataclass
-class Report:
-    """Everything the renderers need: the audit record and the sections, in order."""
-
-    record: dict[str, Any]
-    sections: list[Section]
-
-    @property
-    def failed(self) -> list[Section]:
-        return [s for s in self.sections if s.error is not None]
 
 
 def seed_everything(seed: int) -> None:

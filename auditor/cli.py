@@ -192,7 +192,7 @@ def run(**params: Any) -> None:
 
         output_folder(options.out)  # fail before the audit, not after it
         if options.tensorboard is not None:
-            from auditor.tensorboard import require_tensorboard
+            from auditor.techniques.architecture.tensorboard import require_tensorboard
 
             require_tensorboard()  # fail before the audit, not in its section
         report = run_audit(options=options, progress=_progress)
@@ -239,8 +239,8 @@ def techniques() -> None:
 @click.option("--depth", default=None, type=click.IntRange(1), help="Show modules down to this depth only.")
 def layers(model: str, weights: str, trust_pickle: bool, depth: int | None) -> None:
     """Print the module tree with the names that layer options accept."""
-    from auditor.layers import layer_listing
-    from auditor.models import load_model
+    from auditor.inputs.models import load_model
+    from auditor.nn.layers import layer_listing
 
     try:
         loaded = load_model(model, weights, trust_pickle=trust_pickle)

@@ -12,9 +12,9 @@ from PIL import Image
 
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
-from auditor.images import Gallery, ImageSet, choose_gallery
-from auditor.layout import preferred_layout
-from auditor.models import LoadedModel, imagenet_class_names
+from auditor.inputs.images import Gallery, ImageSet, choose_gallery
+from auditor.inputs.models import LoadedModel, imagenet_class_names
+from auditor.nn.memory_format import preferred_layout
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class AuditContext:
 
     @cached_property
     def memory_format(self) -> torch.memory_format:
-        """The layout inputs are given in (auditor.layout.preferred_layout, probed once on a random input);
+        """The layout inputs are given in (auditor.nn.memory_format.preferred_layout, probed once on a random input);
         the usual one for a model without convolutions, where the layout cannot matter."""
         if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.module.modules()):
             return torch.contiguous_format

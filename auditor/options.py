@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # "layer", "layers" and "classes" parse as "text", "names" and "names" and are then checked against
-# the model before any technique runs (auditor.references).
+# the model before any technique runs (auditor.option_checks).
 Kind = Literal["int", "float", "text", "names", "indices", "choice", "flag", "layer", "layers", "classes"]
 
 _TRUE = {"true", "yes", "on", "1"}

@@ -23,19 +23,19 @@ from auditor.options import Option, declared
 
 if TYPE_CHECKING:
     from auditor.context import AuditContext
-    from auditor.section import Section
+    from auditor.document import Section
 
 ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
-    "auditor.builtins:Predictions",
-    "auditor.builtins:Trust",
-    "auditor.builtins:Architecture",
-    "auditor.builtins:Kernels",
-    "auditor.builtins:FeatureMaps",
-    "auditor.builtins:Reconstructions",
-    "auditor.builtins:ClassActivationMaps",
-    "auditor.builtins:MaximizingInputs",
+    "auditor.declarations:Predictions",
+    "auditor.declarations:Trust",
+    "auditor.declarations:Architecture",
+    "auditor.declarations:Kernels",
+    "auditor.declarations:FeatureMaps",
+    "auditor.declarations:Reconstructions",
+    "auditor.declarations:ClassActivationMaps",
+    "auditor.declarations:MaximizingInputs",
 )
 
 # Flags of `auditor run` itself, which no technique option may take.

@@ -13,16 +13,17 @@ from typing import Any
 import torch
 import torchvision
 
-from auditor.builtins import Architecture
 from auditor.config import RunOptions
 from auditor.context import AuditContext
-from auditor.graph import network_graph
-from auditor.graph_draw import graph_svg
-from auditor.images import ImageSet
-from auditor.layer_table import layer_rows, record_calls
-from auditor.models import LoadedModel, load_model
-from auditor.preprocess import Preprocess
-from auditor.state import audit_mode, requires_grad_flags
+from auditor.declarations import Architecture
+from auditor.inputs.images import ImageSet
+from auditor.inputs.models import LoadedModel, load_model
+from auditor.inputs.preprocess import Preprocess
+from auditor.nn.record_calls import record_calls
+from auditor.nn.restore import audit_mode, requires_grad_flags
+from auditor.techniques.architecture.draw import graph_svg
+from auditor.techniques.architecture.graph import network_graph
+from auditor.techniques.architecture.table import layer_rows
 
 
 def timed(function: Callable[[], Any]) -> tuple[float, Any]:

@@ -13,12 +13,14 @@ import argparse
 import io
 
 import numpy as np
+from bench_reconstructions import (
+    median_seconds,  # bench/ is on the path when a script there runs
+)
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from auditor.render import tile_grid, to_png, upscale
+from auditor.drawing import tile_grid, to_png, upscale
 from auditor.sections.feature_maps import channel_picture
-from bench_reconstructions import median_seconds  # bench/ is on the path when a script there runs
 
 
 def ours(maps: np.ndarray) -> bytes:

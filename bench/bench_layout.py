@@ -7,7 +7,7 @@ them) at 224 px, median wall seconds per image of:
   forward     inference mode, as the shared forward pass and the trust section's perturbed images run
   backward    forward and input gradient, as CAM, guided backprop and the randomisation test run
 each with the usual (contiguous) input, channels-last input (AuditContext.memory_format), BatchNorms
-folded (auditor/folding.py), and both.
+folded (auditor/nn/folding.py), and both.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from contextlib import nullcontext
 
 import torch
 import torchvision
+from bench_reconstructions import (
+    median_seconds,  # bench/ is on the path when a script there runs
+)
 from torch import nn
 
-from auditor.folding import folded_batch_norms
-from auditor.models import load_model
-from auditor.state import audit_mode
-from bench_reconstructions import median_seconds  # bench/ is on the path when a script there runs
+from auditor.inputs.models import load_model
+from auditor.nn.folding import folded_batch_norms
+from auditor.nn.restore import audit_mode
 
 
 def forward(model: nn.Module, x: torch.Tensor) -> None:

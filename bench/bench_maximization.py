@@ -33,8 +33,8 @@ import torch
 import torchvision
 from torch import nn
 
-from auditor.models import load_model
-from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from auditor.inputs.models import load_model
+from auditor.inputs.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.techniques import maximization as mx
 
 CASES = {"layer3": list(range(0, 1024, 64)), "layer1.2.conv3": list(range(0, 160, 10))}

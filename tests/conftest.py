@@ -47,6 +47,6 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def lite0_model():
     """The built-in default model (EfficientNet-Lite0, real weights), loaded once. Do not modify it."""
-    from auditor.models import load_model
+    from auditor.inputs.models import load_model
 
     return load_model()

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 PLUGIN_SOURCE = '''
-from auditor.section import Section, Table
+from auditor.document import Section, Table
 
 
 class EchoTechnique:
@@ -43,7 +43,7 @@ def install_fake_plugin(folder: Path, name: str = "echo") -> None:
 
 DECLARING_PLUGIN_SOURCE = '''
 from auditor.options import Option
-from auditor.section import Section
+from auditor.document import Section
 
 
 class Levels:

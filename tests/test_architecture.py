@@ -14,16 +14,29 @@ from torch import nn
 
 from auditor.config import RunOptions
 from auditor.context import AuditContext
+from auditor.declarations import Architecture
+from auditor.document import Section
 from auditor.errors import AuditorError
-from auditor.graph import Box, Graph, collapse_runs, fx_graph, network_graph, trace
-from auditor.graph_draw import choose_columns, graph_svg, to_dot, type_summary
-from auditor.images import ImageSet
-from auditor.layer_table import layer_rows, record_calls, transparent, unit_at_depth
-from auditor.models import LoadedModel
-from auditor.preprocess import Preprocess
-from auditor.section import Section
-from auditor.state import requires_grad_flags
-from auditor.builtins import Architecture
+from auditor.inputs.images import ImageSet
+from auditor.inputs.models import LoadedModel
+from auditor.inputs.preprocess import Preprocess
+from auditor.nn.record_calls import record_calls
+from auditor.nn.restore import requires_grad_flags
+from auditor.techniques.architecture.draw import (
+    choose_columns,
+    graph_svg,
+    to_dot,
+    type_summary,
+)
+from auditor.techniques.architecture.graph import (
+    Box,
+    Graph,
+    collapse_runs,
+    fx_graph,
+    network_graph,
+    trace,
+)
+from auditor.techniques.architecture.table import layer_rows, transparent, unit_at_depth
 
 SVG = "{http://www.w3.org/2000/svg}"
 

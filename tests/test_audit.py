@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from plugin_fixture import install_fake_plugin
 from torch import nn
 
 from auditor import RunOptions, load_images, load_model, run_audit
 from auditor.report.manifest import render_json
-from plugin_fixture import install_fake_plugin
 
 
 def _tiny_classifier() -> nn.Module:

@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from plugin_fixture import install_fake_plugin
 
 from auditor.cli import cli
-from auditor.images import BUNDLED_PHOTOS
-from plugin_fixture import install_fake_plugin
+from auditor.inputs.images import BUNDLED_PHOTOS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ import torchvision
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from auditor.folding import conv_norm_pairs, folded_batch_norms
-from auditor.hooks import truncated_forward
-from auditor.state import audit_mode
+from auditor.nn.folding import conv_norm_pairs, folded_batch_norms
+from auditor.nn.hooks import truncated_forward
+from auditor.nn.restore import audit_mode
 from tests.fixtures_models import tiny
 
 

@@ -14,9 +14,15 @@ import torchvision
 from PIL import Image, features
 
 from auditor.errors import AuditorError
-from auditor.images import BUNDLED_PHOTOS, decode, discover, load_images, match_label
-from auditor.models import imagenet_class_names
-from auditor.preprocess import Preprocess
+from auditor.inputs.images import (
+    BUNDLED_PHOTOS,
+    decode,
+    discover,
+    load_images,
+    match_label,
+)
+from auditor.inputs.models import imagenet_class_names
+from auditor.inputs.preprocess import Preprocess
 
 COLOR = (200, 100, 50)
 
@@ -201,7 +207,7 @@ def test_corrupt_files_are_skipped_with_a_reason(make_image, caplog):
     (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     (folder / "empty.png").write_bytes(b"")
 
-    with caplog.at_level(logging.WARNING, logger="auditor.images"):
+    with caplog.at_level(logging.WARNING, logger="auditor.inputs.images"):
         images = load_images(folder)
     assert images.names == ["also-good.jpg", "good.png"]
     assert images.tensors.shape == (2, 3, 224, 224)
@@ -409,10 +415,10 @@ def test_a_file_changed_or_removed_after_loading_is_an_error(make_image):
 
 def test_photo_cache_keeps_only_the_most_recent_crops(make_image, monkeypatch):
     images = load_images([make_image(f"{i}.png") for i in range(4)], Preprocess(resize=8, crop=8))
-    monkeypatch.setattr("auditor.images.CACHE_SIZE", 2)
+    monkeypatch.setattr("auditor.inputs.images.CACHE_SIZE", 2)
     decoded_files = []
     real_decode = decode
-    monkeypatch.setattr("auditor.images.decode", lambda data: decoded_files.append(data) or real_decode(data))
+    monkeypatch.setattr("auditor.inputs.images.decode", lambda data: decoded_files.append(data) or real_decode(data))
     for i in (0, 1, 0, 2, 3):  # 0 is cached when asked again; 2 and 3 push 0 and 1 out
         images.photo(i)
     assert len(decoded_files) == 4

@@ -8,8 +8,8 @@ import torchvision.models as tvm
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.layers import resolve_layer, stage_layers
-from auditor.state import requires_grad_flags
+from auditor.nn.layers import resolve_layer, stage_layers
+from auditor.nn.restore import requires_grad_flags
 
 
 def tiny_vit(seed: int = 0) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.hooks import forward_hooks, truncated_forward
+from auditor.nn.hooks import forward_hooks, truncated_forward
 from auditor.techniques import maximization as mx
 from auditor.techniques.parameterization import FourierImage, Jitter, random_affine
 from tests.fixtures_models import tiny

@@ -16,16 +16,21 @@ import torchvision
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.images import load_images
-from auditor.models import (
+from auditor.inputs.images import load_images
+from auditor.inputs.models import (
     LITE0_PREPROCESS,
     imagenet_class_names,
     load_model,
     read_labels,
     state_dict_sha256,
 )
-from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from tests.fixtures_models import TINY_FACTORY_FILE_SPEC, TINY_FACTORY_IMPORT_SPEC, TinyNet, tiny
+from auditor.inputs.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from tests.fixtures_models import (
+    TINY_FACTORY_FILE_SPEC,
+    TINY_FACTORY_IMPORT_SPEC,
+    TinyNet,
+    tiny,
+)
 
 CAT_CLASSES = {"tiger cat", "tabby", "Egyptian cat"}
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from plugin_fixture import install_declaring_plugin
 
 from auditor.cli import cli, options_from_params, run
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
 from auditor.options import Option, complete_settings
-from plugin_fixture import install_declaring_plugin
 
 DEPTH = Option("depth", "", default=2, kind="int", low=1, high=5)
 

@@ -18,7 +18,7 @@ import pytest
 from pypdf import PdfReader
 
 from auditor import RunOptions, run_audit, write_report
-from auditor.images import BUNDLED_PHOTOS
+from auditor.inputs.images import BUNDLED_PHOTOS
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("pdftotext") is None,

@@ -14,8 +14,13 @@ from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.hooks import forward_hooks
-from auditor.techniques.reconstructions import RectifierNotSeenWarning, deconvnet, gradient, guided_backprop
+from auditor.nn.hooks import forward_hooks
+from auditor.techniques.reconstructions import (
+    RectifierNotSeenWarning,
+    deconvnet,
+    gradient,
+    guided_backprop,
+)
 from tests.fixtures_models import tiny
 
 METHODS = {"guided": guided_backprop, "deconv": deconvnet, "plain": gradient}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from plugin_fixture import install_fake_plugin
 
 from auditor.errors import AuditorError, TechniqueClashError
 from auditor.registry import BUILTINS, Technique, discover, select
-from plugin_fixture import install_fake_plugin
 
 
 def test_builtins_come_first_in_report_order() -> None:

@@ -9,7 +9,16 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
-from auditor.render import colorbar, colorize, overlay, stack, tile_grid, titled, to_png, upscale
+from auditor.drawing import (
+    colorbar,
+    colorize,
+    overlay,
+    stack,
+    tile_grid,
+    titled,
+    to_png,
+    upscale,
+)
 
 
 def test_colorize_maps_the_ends_and_clips_outside() -> None:

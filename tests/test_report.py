@@ -14,17 +14,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from plugin_fixture import install_plugin
 from pypdf import PdfReader
 
 from auditor import RunOptions, load_images, load_model, run_audit, write_report
-from auditor.images import BUNDLED_PHOTOS
+from auditor.document import Report, Section, Table
+from auditor.inputs.images import BUNDLED_PHOTOS
 from auditor.registry import discover
 from auditor.report.files import write_atomic
-from auditor.audit import Report
 from auditor.report.html import breakable, render_html
 from auditor.report.manifest import render_json
-from auditor.section import Section, Table
-from plugin_fixture import install_plugin
 from tests.fixtures_models import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,8 +212,7 @@ def test_built_wheel_ships_the_templates_and_renders_the_same_report(tmp_path: P
 
 def test_svg_figures_from_any_technique_get_page_unique_ids() -> None:
     """Two plugins' SVGs with the same ids (as matplotlib or Graphviz would write) stay distinct on one page."""
-    from auditor.audit import Report
-    from auditor.section import Figure, Section
+    from auditor.document import Figure, Report, Section
 
     svg = ('<?xml version="1.0"?><!-- made by hand --><svg xmlns="http://www.w3.org/2000/svg" '
            'xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 10 10"><defs><clipPath id="clip1">'
@@ -233,7 +231,7 @@ def test_svg_figures_from_any_technique_get_page_unique_ids() -> None:
 
 def test_svg_with_a_script_fails_only_its_own_technique(tmp_path, monkeypatch) -> None:
     install_plugin(tmp_path, "scripted", "scripted_svg_plugin", """
-        from auditor.section import Figure, Section
+        from auditor.document import Figure, Section
 
         class Scripted:
             name, title, summary = "scripted", "Scripted", "Returns an SVG with a script."

@@ -17,7 +17,7 @@ from torch import nn
 from auditor import RunOptions, load_images, load_model, run_audit, write_report
 from auditor.cli import cli
 from auditor.errors import AuditorError
-from auditor.images import BUNDLED_PHOTOS
+from auditor.inputs.images import BUNDLED_PHOTOS
 from auditor.registry import discover
 
 TECHNIQUES = list(discover())
@@ -106,7 +106,7 @@ def test_a_failing_run_leaves_no_hook_and_no_change(technique: str) -> None:
 def test_out_of_memory_retries_once_with_half_the_batch() -> None:
     from auditor.audit import _run_one
     from auditor.context import AuditContext
-    from auditor.section import Section
+    from auditor.document import Section
 
     seen: list[int] = []
 
@@ -223,7 +223,7 @@ def test_every_user_string_is_escaped_in_the_html(tmp_path: Path, monkeypatch) -
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join([HOSTILE, "<b>bold</b>", "cat & dog", "<svg onload=alert(4)>"]))
     install_plugin(tmp_path, "hostile", "fake_plugin_hostile", f'''
-from auditor.section import Section, Table
+from auditor.document import Section, Table
 class Hostile:
     name = "hostile"
     title = {HOSTILE!r}
@@ -250,9 +250,8 @@ class Hostile:
 
 
 def test_figure_files_stay_inside_the_output_folder(tmp_path: Path) -> None:
-    from auditor.audit import Report
+    from auditor.document import Figure, Report, Section
     from auditor.report.files import write_figures
-    from auditor.section import Figure, Section
 
     evil = Section("x", "x", blocks=[Figure("../../../escape", "c", b"\x89PNG", "image/png")])
     folder = write_figures(Report({}, [evil]), tmp_path / "out" / "figures")

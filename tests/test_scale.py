@@ -12,11 +12,11 @@ from auditor.audit import run_audit
 from auditor.config import RunOptions
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
-from auditor.images import choose_gallery, decode, load_images
-from auditor.models import LoadedModel
-from auditor.preprocess import Preprocess
+from auditor.inputs.images import choose_gallery, decode, load_images
+from auditor.inputs.models import LoadedModel
+from auditor.inputs.preprocess import Preprocess
+from auditor.nn.restore import requires_grad_flags
 from auditor.report.html import render_html
-from auditor.state import requires_grad_flags
 
 COLOURS = ["red", "green", "blue"]
 PLAIN = Preprocess(resize=8, crop=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -102,7 +102,7 @@ def test_the_forward_pass_decodes_each_image_once_a_batch_at_a_time(many_images,
     model = colour_model()
     images = load_images(many_images, model.preprocess)
     decoded = []
-    monkeypatch.setattr("auditor.images.decode", lambda data: decoded.append(1) or decode(data))
+    monkeypatch.setattr("auditor.inputs.images.decode", lambda data: decoded.append(1) or decode(data))
     ctx = AuditContext(model, images, RunOptions(device="cpu", batch_size=16), torch.device("cpu"), {})
     logits = ctx.forward.logits
     assert logits.shape == (300, 3)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from auditor import RunOptions, load_images, load_model, run_audit
-from auditor.section import Figure, Section
+from auditor.document import Figure, Section
 from tests.fixtures_models import tiny
 
 
@@ -115,7 +115,7 @@ def test_reconstructions_handle_functional_relu_without_a_note() -> None:
 
 def test_cam_classes_by_name_or_index_and_clear_errors() -> None:
     from auditor.errors import AuditorError
-    from auditor.references import resolve_classes
+    from auditor.option_checks import resolve_classes
 
     names = ["tabby cat", "tiger_cat", "Egyptian cat"]
     assert resolve_classes(("Tiger Cat", "2", "tabby_cat", "2"), names) == [1, 2, 0]
@@ -127,7 +127,7 @@ def test_cam_classes_by_name_or_index_and_clear_errors() -> None:
 
 def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
     """Labels give the true class a column and misclassified images their own gallery; vgg has no GAP head."""
-    from auditor.images import BUNDLED_PHOTOS
+    from auditor.inputs.images import BUNDLED_PHOTOS
 
     for name, folder in (("chelsea.png", "class 1"), ("coffee.png", "class 2")):
         (tmp_path / folder).mkdir()

@@ -18,8 +18,8 @@ import torchvision
 from torch import nn
 
 from auditor import RunOptions, load_images, load_model, run_audit
-from auditor.images import BUNDLED_PHOTOS
-from auditor.models import state_dict_sha256
+from auditor.inputs.images import BUNDLED_PHOTOS
+from auditor.inputs.models import state_dict_sha256
 
 MODELS = torchvision.models.list_models(module=torchvision.models)
 

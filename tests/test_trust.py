@@ -14,8 +14,11 @@ from PIL import Image
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.preprocess import Preprocess
-from auditor.techniques import trust, trust_boxes, trust_perturbation
+from auditor.inputs.preprocess import Preprocess
+from auditor.techniques import reconstructions
+from auditor.techniques.trust import boxes as trust_boxes
+from auditor.techniques.trust import perturbation as trust_perturbation
+from auditor.techniques.trust import randomization, similarity
 from tests.fixtures_models import tiny
 
 
@@ -52,7 +55,7 @@ def user_model() -> nn.Module:
 def test_spearman_hand_computed() -> None:
     a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[1.0, 1.0], [2.0, 3.0]], [[5.0, 5.0], [5.0, 5.0]]])
     b = torch.tensor([[[1.0, 2.0], [4.0, 3.0]], [[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 4.0]]])
-    rho = trust.spearman(a, b)
+    rho = similarity.spearman(a, b)
     # 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 2 / 60; ties: ranks 1.5 1.5 3 4 -> 4.5 / sqrt(4.5 * 5);
     # a constant map has no ranking -> 0 by definition
     assert rho.tolist() == pytest.approx([0.8, 4.5 / math.sqrt(22.5), 0.0], abs=1e-6)
@@ -64,7 +67,7 @@ def test_spearman_matches_scipy_with_ties() -> None:
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(2, 3, 24, 20, generator=g) * 8).floor()  # many ties
     b = a + torch.rand(2, 3, 24, 20, generator=g) * 4
-    rho = trust.spearman(a, b)
+    rho = similarity.spearman(a, b)
     assert rho.shape == (2, 3) and rho.dtype == torch.float32
     expected = [[spearmanr(a[i, j].flatten(), b[i, j].flatten()).statistic for j in range(3)] for i in range(2)]
     np.testing.assert_allclose(rho.numpy(), expected, atol=1e-6)  # float32 result of float64 ranks
@@ -77,7 +80,7 @@ def test_ssim_matches_skimage() -> None:
     a = torch.rand(3, 32, 40, generator=g)
     b = (a + 0.4 * torch.rand(3, 32, 40, generator=g)).clamp(0, 1)
     b[2] = a[2]
-    got = trust.ssim(a, b)
+    got = similarity.ssim(a, b)
     expected = [structural_similarity(a[i].numpy(), b[i].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5,
                                       use_sample_covariance=False) for i in range(3)]
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)  # float32 filtering vs skimage's float64
@@ -87,15 +90,15 @@ def test_ssim_matches_skimage() -> None:
 def test_ssim_hand_computed_constants_and_small_maps() -> None:
     zeros, ones = torch.zeros(1, 12, 12), torch.ones(1, 12, 12)
     # constant maps: no variance, so SSIM = (2 * 0 * 1 + C1) / (0 + 1 + C1) with C1 = 0.01^2
-    assert float(trust.ssim(zeros, ones)) == pytest.approx(1e-4 / 1.0001, rel=1e-4)
+    assert float(similarity.ssim(zeros, ones)) == pytest.approx(1e-4 / 1.0001, rel=1e-4)
     with pytest.raises(AuditorError, match="11x11"):
-        trust.ssim(torch.zeros(10, 10), torch.zeros(10, 10))
+        similarity.ssim(torch.zeros(10, 10), torch.zeros(10, 10))
 
 
 def test_gradient_saliency_is_channel_max_of_abs_scaled() -> None:
     grads = torch.tensor([[[[1.0, -4.0]], [[-3.0, 2.0]], [[0.0, 1.0]]], [[[2.0, 2.0]], [[2.0, 2.0]], [[0.0, 0.0]]]])
     # |g| max over channels: [3, 4] -> (x - 3) / (4 - 3); a constant map -> zeros
-    assert trust.gradient_saliency(grads).tolist() == [[[0.0, 1.0]], [[0.0, 0.0]]]
+    assert reconstructions.gradient_saliency(grads).tolist() == [[[0.0, 1.0]], [[0.0, 0.0]]]
 
 
 # ---------------------------------------------------------------- cascading randomisation
@@ -118,18 +121,18 @@ class Registered(nn.Module):
 
 def test_parametrised_layers_follow_the_forward_pass() -> None:
     model = Registered()
-    assert trust.parametrised_layers(model) == ["head", "body", "mixer.proj"]  # registration order
+    assert randomization.parametrised_layers(model) == ["head", "body", "mixer.proj"]  # registration order
     # forward order; mixer.proj never runs itself and its parent is never called: the root's place
-    assert trust.parametrised_layers(model, torch.zeros(1, 1, 2, 2)) == ["mixer.proj", "body", "head"]
-    assert trust.parametrised_layers(tiny(), torch.zeros(1, 3, 8, 8)) == [
+    assert randomization.parametrised_layers(model, torch.zeros(1, 1, 2, 2)) == ["mixer.proj", "body", "head"]
+    assert randomization.parametrised_layers(tiny(), torch.zeros(1, 3, 8, 8)) == [
         "features.0", "features.1", "features.3", "features.4", "classifier"]
 
 
 def test_cascade_ends() -> None:
-    assert trust.cascade_ends(10, 4) == [1, 4, 7, 10]  # head alone, then 3 groups of 3
-    assert trust.cascade_ends(3, 5) == [1, 2, 3]  # capped at one layer per step
-    assert trust.cascade_ends(5, 1) == [5]
-    assert trust.cascade_ends(7, 3) == [1, 4, 7]
+    assert randomization.cascade_ends(10, 4) == [1, 4, 7, 10]  # head alone, then 3 groups of 3
+    assert randomization.cascade_ends(3, 5) == [1, 2, 3]  # capped at one layer per step
+    assert randomization.cascade_ends(5, 1) == [5]
+    assert randomization.cascade_ends(7, 3) == [1, 4, 7]
 
 
 def changed_layers(original: nn.Module, randomised: nn.Module) -> set[str]:
@@ -143,7 +146,7 @@ def test_cascade_randomises_from_the_head_and_leaves_the_user_model_alone() -> N
     before = snapshot(model)
     rng = torch.get_rng_state()
     steps = [(label, changed_layers(model, copy)) for label, copy in
-             trust.randomization_cascade(model, 3, seed=0, example=torch.zeros(1, 3, 8, 8))]
+             randomization.randomization_cascade(model, 3, seed=0, example=torch.zeros(1, 3, 8, 8))]
     assert steps == [
         ("classifier", {"classifier"}),
         ("features.3", {"classifier", "features.4", "features.3"}),
@@ -155,10 +158,10 @@ def test_cascade_randomises_from_the_head_and_leaves_the_user_model_alone() -> N
 
 def test_cascade_is_reproducible_and_resets_batch_norm() -> None:
     model = tiny()
-    *_, (_, first) = trust.randomization_cascade(model, 2, seed=3)
+    *_, (_, first) = randomization.randomization_cascade(model, 2, seed=3)
     first = {k: v.clone() for k, v in first.state_dict().items()}
-    *_, (_, again) = trust.randomization_cascade(model, 5, seed=3)  # other grouping, same weights
-    *_, (_, other) = trust.randomization_cascade(model, 2, seed=4)
+    *_, (_, again) = randomization.randomization_cascade(model, 5, seed=3)  # other grouping, same weights
+    *_, (_, other) = randomization.randomization_cascade(model, 2, seed=4)
     assert all(torch.equal(first[k], v) for k, v in again.state_dict().items())
     assert not torch.equal(first["features.0.weight"], other.state_dict()["features.0.weight"])
     bn = again.features[1]
@@ -168,16 +171,16 @@ def test_cascade_is_reproducible_and_resets_batch_norm() -> None:
 
 def test_cascade_rejects_bad_steps() -> None:
     with pytest.raises(AuditorError, match="--trust-steps"):
-        next(trust.randomization_cascade(tiny(), 0))
+        next(randomization.randomization_cascade(tiny(), 0))
     with pytest.raises(AuditorError, match="no parameters"):
-        next(trust.randomization_cascade(nn.ReLU(), 2))
+        next(randomization.randomization_cascade(nn.ReLU(), 2))
 
 
 def test_no_hook_survives_a_failing_forward() -> None:
     model = user_model()
     before = snapshot(model)
     with pytest.raises(RuntimeError):
-        trust.parametrised_layers(model, torch.zeros(1, 5, 8, 8))  # wrong channel count
+        randomization.parametrised_layers(model, torch.zeros(1, 5, 8, 8))  # wrong channel count
     assert_unchanged(model, before)
 
 
@@ -186,7 +189,7 @@ def test_cascade_on_the_default_model(lite0_model) -> None:
     model = lite0_model.module
     before = snapshot(model)
     labels, last = [], None
-    for label, randomised in trust.randomization_cascade(model, 3, seed=0, example=torch.zeros(1, 3, 64, 64)):
+    for label, randomised in randomization.randomization_cascade(model, 3, seed=0, example=torch.zeros(1, 3, 64, 64)):
         labels.append(label)
         last = changed_layers(model, randomised)
     parametrised = {name for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
@@ -202,12 +205,12 @@ def test_cascade_on_a_small_vision_transformer() -> None:
         model.class_token.normal_()
         for norm in (m for m in model.modules() if isinstance(m, nn.LayerNorm)):
             norm.weight.fill_(2.0)
-    names = trust.parametrised_layers(model, torch.zeros(1, 3, 32, 32))
+    names = randomization.parametrised_layers(model, torch.zeros(1, 3, 32, 32))
     # class token and position embedding are used first; out_proj (used functionally) sits with its attention
     assert names[:3] == ["", "conv_proj", "encoder"] and names[-1] == "heads.head"
     attention = names.index("encoder.layers.encoder_layer_0.self_attention")
     assert names[attention + 1] == "encoder.layers.encoder_layer_0.self_attention.out_proj"
-    *_, (label, randomised) = trust.randomization_cascade(model, 2, seed=0, example=torch.zeros(1, 3, 32, 32))
+    *_, (label, randomised) = randomization.randomization_cascade(model, 2, seed=0, example=torch.zeros(1, 3, 32, 32))
     assert label == "(root)"
     assert changed_layers(model, randomised) == set(names)  # "" is the root, for class_token
     assert not torch.equal(model.class_token, randomised.class_token)  # no reset_parameters: redrawn
@@ -216,21 +219,21 @@ def test_cascade_on_a_small_vision_transformer() -> None:
 
 def test_random_other_class() -> None:
     top = torch.tensor([0, 1, 2, 3] * 100)
-    other = trust.random_other_class(top, 4, seed=0)
+    other = randomization.random_other_class(top, 4, seed=0)
     assert other.shape == top.shape and bool((other != top).all())
     assert set(other[top == 0].tolist()) == {1, 2, 3}  # uniform over the others: all appear in 100 draws
-    assert torch.equal(other, trust.random_other_class(top, 4, seed=0))
+    assert torch.equal(other, randomization.random_other_class(top, 4, seed=0))
     with pytest.raises(AuditorError, match="2 classes"):
-        trust.random_other_class(top, 1)
+        randomization.random_other_class(top, 1)
 
 
 def test_sanity_verdict() -> None:
     # guided backprop and Grad-CAM on the default model (bench/bench_trust.py): means 0.75 and 0.03
-    assert trust.sanity_verdict([1.00, 0.97, 0.90, 0.76, 0.47, 0.38]) == "warn"
-    assert trust.sanity_verdict([0.42, 0.01, -0.05, -0.18, 0.11, -0.13]) == "pass"
-    assert trust.sanity_verdict([0.6, 0.4]) == "warn"  # mean exactly 0.5: "below" is strict
-    assert trust.sanity_verdict(torch.tensor([[1.0, 0.0], [0.2, 0.4]])) == "pass"  # mean over steps and images 0.4
-    assert trust.sanity_verdict([0.3, 0.3], threshold=0.2) == "warn"
+    assert randomization.sanity_verdict([1.00, 0.97, 0.90, 0.76, 0.47, 0.38]) == "warn"
+    assert randomization.sanity_verdict([0.42, 0.01, -0.05, -0.18, 0.11, -0.13]) == "pass"
+    assert randomization.sanity_verdict([0.6, 0.4]) == "warn"  # mean exactly 0.5: "below" is strict
+    assert randomization.sanity_verdict(torch.tensor([[1.0, 0.0], [0.2, 0.4]])) == "pass"  # mean over steps and images 0.4
+    assert randomization.sanity_verdict([0.3, 0.3], threshold=0.2) == "warn"
 
 
 # ---------------------------------------------------------------- deletion, insertion, confidence
@@ -357,7 +360,10 @@ def test_confidence_change_hand_computed() -> None:
 
 
 def test_confidence_change_matches_pytorch_grad_cam() -> None:
-    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
+    from pytorch_grad_cam.metrics.cam_mult_image import (
+        DropInConfidence,
+        IncreaseInConfidence,
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
     model = tiny()

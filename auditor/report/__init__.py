@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from auditor.audit import Report
+from auditor.document import Report
 from auditor.errors import AuditorError
 from auditor.report.files import write_atomic, write_figures
 from auditor.report.html import render_html

@@ -9,10 +9,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from auditor.audit import Report
-from auditor.render import card_sheet
+from auditor.document import Cards, Figure, Report, Table
+from auditor.drawing import card_sheet
 from auditor.report.numbering import numbered_blocks
-from auditor.section import Cards, Figure, Table
 
 
 def write_atomic(path: Path, data: bytes) -> Path:

@@ -12,11 +12,10 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from auditor.audit import Report
-from auditor.render import data_uri
+from auditor.document import Cards, Figure, Report, Table
+from auditor.drawing import data_uri
 from auditor.report.numbering import Numbered, numbered_blocks
-from auditor.section import Cards, Figure, Table
-from auditor.svg import check_passive, prefix_ids, strip_prolog
+from auditor.report.svg import check_passive, prefix_ids, strip_prolog
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; font-src data:; "

@@ -7,10 +7,9 @@ import json
 import math
 from typing import Any
 
-from auditor.audit import Report
+from auditor.document import Cards, Figure, Report, Table
 from auditor.report.files import figure_file_name
 from auditor.report.numbering import numbered_blocks
-from auditor.section import Cards, Figure, Table
 
 
 def _clean(value: Any) -> Any:

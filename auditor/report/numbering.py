@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from auditor.audit import Report
-from auditor.section import Block, Section, Table
+from auditor.document import Block, Report, Section, Table
 
 
 @dataclass(frozen=True)

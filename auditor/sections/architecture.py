@@ -10,21 +10,20 @@ import torch
 from torch import nn
 
 from auditor.context import AuditContext
-from auditor.graph import Box, Graph, network_graph
-from auditor.graph_draw import box_title, graph_svg, type_summary
-from auditor.layer_table import (
-    Calls,
+from auditor.document import Figure, Heading, Section, Table
+from auditor.nn.record_calls import Calls, record_calls
+from auditor.techniques.architecture.draw import box_title, graph_svg, type_summary
+from auditor.techniques.architecture.graph import Box, Graph, network_graph
+from auditor.techniques.architecture.table import (
     LayerRow,
     format_shape,
     hyperparameters,
     is_layer,
     layer_rows,
     model_bytes,
-    record_calls,
     unit_at_depth,
 )
-from auditor.section import Figure, Heading, Section, Table
-from auditor.tensorboard import write_graph
+from auditor.techniques.architecture.tensorboard import write_graph
 
 COLUMNS = ["module", "type", "hyper-parameters", "output shape", "parameters", "trainable", "share", "MACs"]
 

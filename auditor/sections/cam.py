@@ -15,12 +15,16 @@ import torch
 from PIL import Image
 
 from auditor.context import AuditContext
-from auditor.references import resolve_classes
-from auditor.render import colorbar, overlay, stack, titled, to_jpeg
-from auditor.section import Figure, Heading, Section, Table
+from auditor.document import Figure, Heading, Section, Table
+from auditor.drawing import colorbar, overlay, stack, titled, to_jpeg
+from auditor.option_checks import resolve_classes
 from auditor.sections.reconstructions import gradient_picture
 from auditor.techniques.cam import CamNotApplicable, CamResult, cam_maps
-from auditor.techniques.reconstructions import RectifierNotSeenWarning, guided_backprop, no_rectifier_messages
+from auditor.techniques.reconstructions import (
+    RectifierNotSeenWarning,
+    guided_backprop,
+    no_rectifier_messages,
+)
 
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen

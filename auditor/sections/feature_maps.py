@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from auditor.context import AuditContext
-from auditor.layers import stage_layers
-from auditor.render import colorize, stack, tile_grid, titled, to_jpeg, upscale
-from auditor.section import Figure, Heading, Section
+from auditor.document import Figure, Heading, Section
+from auditor.drawing import colorize, stack, tile_grid, titled, to_jpeg, upscale
+from auditor.nn.layers import stage_layers
 from auditor.techniques.feature_maps import capture, strongest_channels
 
 TILE_PX = 64

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from auditor.context import AuditContext
-from auditor.render import colorbar, colorize, stack, tile_grid, to_png, upscale
-from auditor.section import Figure, Heading, Section
+from auditor.document import Figure, Heading, Section
+from auditor.drawing import colorbar, colorize, stack, tile_grid, to_png, upscale
 from auditor.techniques.kernels import KernelTiles, default_kernel_layers, kernel_tiles
 
 TILE_PX = 36  # each kernel drawn this large, nearest neighbour: a 3×3 kernel shows 12-pixel cells

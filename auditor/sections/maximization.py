@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from auditor.context import AuditContext
+from auditor.document import Figure, Heading, Section, Table
+from auditor.drawing import stack, titled, to_jpeg
 from auditor.errors import AuditorError
-from auditor.layers import resolve_layer
-from auditor.render import stack, titled, to_jpeg
-from auditor.section import Figure, Heading, Section, Table
+from auditor.nn.layers import resolve_layer
 from auditor.techniques.feature_maps import capture
 from auditor.techniques.maximization import (
     METHODS,

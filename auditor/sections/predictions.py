@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from auditor.context import AuditContext
-from auditor.render import to_jpeg
-from auditor.section import Bar, Card, Cards, Heading, Section, Table
+from auditor.document import Bar, Card, Cards, Heading, Section, Table
+from auditor.drawing import to_jpeg
 
 FOLD_ROWS = 50  # a longer per-image table is folded in the HTML and left out of the PDF (about a page)
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from auditor.context import AuditContext
-from auditor.layers import resolve_layer, stage_layers
-from auditor.render import stack, titled, to_jpeg
-from auditor.section import Figure, Heading, Section
+from auditor.document import Figure, Heading, Section
+from auditor.drawing import stack, titled, to_jpeg
+from auditor.nn.layers import resolve_layer, stage_layers
 from auditor.techniques.feature_maps import capture, strongest_channels
 from auditor.techniques.reconstructions import (
     RectifierNotSeenWarning,

@@ -28,34 +28,33 @@ from PIL import Image
 from torch import nn
 
 from auditor.context import AuditContext
+from auditor.document import Figure, Heading, Section, Table
+from auditor.drawing import colorize, stack, titled, to_jpeg
 from auditor.errors import AuditorError
-from auditor.folding import folded_batch_norms
-from auditor.references import resolve_classes
-from auditor.render import colorize, stack, titled, to_jpeg
-from auditor.section import Figure, Heading, Section, Table
+from auditor.nn.folding import folded_batch_norms
+from auditor.option_checks import resolve_classes
 from auditor.techniques.cam import CamNotApplicable, cam_maps, choose_layer
 from auditor.techniques.reconstructions import (
     RectifierNotSeenWarning,
     deconvnet,
     gradient,
+    gradient_saliency,
     guided_backprop,
     no_rectifier_messages,
 )
-from auditor.techniques.trust import (
-    SANITY_THRESHOLD,
-    gradient_saliency,
-    random_other_class,
-    randomization_cascade,
-    sanity_verdict,
-    spearman,
-    ssim,
-)
-from auditor.techniques.trust_boxes import Box, mass_inside, pointing_game, read_boxes
-from auditor.techniques.trust_perturbation import (
+from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
+from auditor.techniques.trust.perturbation import (
     confidence_change,
     deletion_insertion,
     random_maps,
 )
+from auditor.techniques.trust.randomization import (
+    SANITY_THRESHOLD,
+    random_other_class,
+    randomization_cascade,
+    sanity_verdict,
+)
+from auditor.techniques.trust.similarity import spearman, ssim
 
 CAM_FAMILY = ("cam", "grad-cam", "grad-cam++")
 GRADIENTS: dict[str, Callable[..., torch.Tensor]] = {

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.hooks import forward_hooks
-from auditor.state import audit_mode
+from auditor.nn.hooks import forward_hooks
+from auditor.nn.restore import audit_mode
 from auditor.techniques.cam_layers import (
     CamNotApplicable,
     LayerSpec,
@@ -29,7 +29,7 @@ from auditor.techniques.cam_layers import (
     detect_layout,
     resolve_layer,
 )
-from auditor.techniques.maps import minmax
+from auditor.techniques.tensor_ops import minmax
 
 __all__ = ["METHODS", "CamNotApplicable", "CamResult", "cam_maps", "choose_layer", "class_activation_map",
            "grad_cam", "grad_cam_pp"]

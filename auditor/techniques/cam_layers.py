@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from auditor import layers
 from auditor.errors import AuditorError
-from auditor.hooks import forward_hooks
-from auditor.layers import Layout, detect_layout
+from auditor.nn import layers
+from auditor.nn.hooks import forward_hooks
+from auditor.nn.layers import Layout, detect_layout
 
 __all__ = ["CamNotApplicable", "Layout", "TargetLayer", "automatic_layer", "capture_output", "detect_layout",
            "resolve_layer"]

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.hooks import ForwardHook, forward_hooks
-from auditor.layers import detect_layout, resolve_layer
-from auditor.state import audit_mode
+from auditor.nn.hooks import ForwardHook, forward_hooks
+from auditor.nn.layers import detect_layout, resolve_layer
+from auditor.nn.restore import audit_mode
 
 
 class Strongest(NamedTuple):
@@ -31,7 +31,7 @@ def capture(model: nn.Module, layers: Sequence[str | nn.Module], x: torch.Tensor
     ReLU6, the ReLU inside torchvision's Bottleneck) has no single output and is refused, as is an
     output without a spatial layout; the AuditorError names the layer and `option` (and `model_name`
     for an unknown layer, see resolve_layer). Channels-last maps (Swin) and patch tokens (ViT, class
-    token dropped) come back rearranged as [N, C, h, w] (see auditor.layers.detect_layout).
+    token dropped) come back rearranged as [N, C, h, w] (see auditor.nn.layers.detect_layout).
     """
     resolved = dict(resolve_layer(model, layer, option, model_name) for layer in layers)
     outputs: dict[str, list[Any]] = {name: [] for name in resolved}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.layers import resolve_layer
+from auditor.nn.layers import resolve_layer
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.folding import folded_batch_norms
-from auditor.hooks import truncated_forward
-from auditor.layer_table import record_calls
-from auditor.layers import channel_count, channels_first, resolve_layer, stage_layers
-from auditor.layout import preferred_layout
-from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from auditor.state import audit_mode
+from auditor.inputs.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from auditor.nn.folding import folded_batch_norms
+from auditor.nn.hooks import truncated_forward
+from auditor.nn.layers import channel_count, channels_first, resolve_layer, stage_layers
+from auditor.nn.memory_format import preferred_layout
+from auditor.nn.record_calls import record_calls
+from auditor.nn.restore import audit_mode
 from auditor.techniques.parameterization import (
     FourierImage,
     Jitter,

@@ -25,9 +25,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from auditor.errors import AuditorError
-from auditor.hooks import truncated_forward
-from auditor.layers import channels_first, resolve_layer
-from auditor.state import audit_mode
+from auditor.nn.hooks import truncated_forward
+from auditor.nn.layers import channels_first, resolve_layer
+from auditor.nn.restore import audit_mode
+from auditor.techniques.tensor_ops import minmax
 
 
 class RectifierNotSeenWarning(UserWarning):
@@ -197,3 +198,13 @@ def _warn_if_blind(model: nn.Module, mode: _RectifierMode, method: str) -> None:
     elif any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
                       "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)
+def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:
+    """Input gradients [..., C, H, W] -> maps [..., H, W] in [0, 1]: largest |gradient| over channels, min-max scaled.
+
+    The usual reduction (Simonyan et al. 2014), so guided backprop, deconvnet and the plain gradient
+    compare with the CAM maps on one footing: absolute values, as Adebayo et al. compare them. A
+    constant map becomes all zeros.
+    """
+    return minmax(gradients.abs().amax(dim=-3))
+
+

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from auditor.errors import AuditorError
-from auditor.preprocess import Preprocess
+from auditor.inputs.preprocess import Preprocess
 
 __all__ = ["BOX_COLUMNS", "Box", "box_to_input", "mass_inside", "pointing_game", "read_boxes"]
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
-from auditor.layers import resolve_layer
+from auditor.nn.layers import resolve_layer
 
 
 def _simple(name: str) -> str:

@@ -18,8 +18,8 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from auditor.layer_table import (
-    Calls,
+from auditor.nn.record_calls import Calls
+from auditor.techniques.architecture.table import (
     format_shape,
     hyperparameters,
     is_layer,

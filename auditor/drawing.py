@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from auditor.section import Card
+from auditor.document import Card
 
 
 def to_jpeg(image: Image.Image | np.ndarray, quality: int = 88) -> bytes:

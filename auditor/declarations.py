@@ -14,7 +14,7 @@ from auditor.options import Option
 if TYPE_CHECKING:
     from auditor.config import RunOptions
     from auditor.context import AuditContext
-    from auditor.section import Section
+    from auditor.document import Section
 
 
 class Predictions:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.layer_table import record_calls
-from auditor.state import audit_mode
+from auditor.nn.record_calls import record_calls
+from auditor.nn.restore import audit_mode
 
 _MAX_EXTRA_TOKENS = 16  # class, distillation and register tokens ahead of the patch tokens
 

@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from auditor.inputs.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 _LITE0_NAMES = {"efficientnet_lite0", "efficientnet-lite0"}

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.state import audit_mode
-from auditor.techniques.maps import gaussian_blur
+from auditor.nn.restore import audit_mode
+from auditor.techniques.tensor_ops import gaussian_blur
 
 __all__ = ["BASELINES", "BLUR_KERNEL", "BLUR_SIGMA", "ConfidenceChange", "PerturbationCurves", "baseline_images",
            "confidence_change", "deletion_insertion", "random_maps"]

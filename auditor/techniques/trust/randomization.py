@@ -1,11 +1,10 @@
-"""How far to trust a saliency map, part 1: map similarity and the model-randomisation sanity check.
+"""How far to trust a saliency map: the model-randomisation sanity check (Adebayo et al. 2018).
 
-Adebayo et al. (2018, "Sanity Checks for Saliency Maps") randomise a trained model's weights from the
-head downwards and compare each method's maps before and after: a map that barely changes does not
-depend on what the model learnt. This module holds the pieces: the two similarity measures, the
-cascade of randomised copies, the random other class for the random-logit check, and the verdict.
-Faithfulness (deletion / insertion, average drop) is in trust_perturbation.py, localisation against
-boxes in trust_boxes.py.
+They randomise a trained model's weights from the head downwards and compare each method's maps
+before and after (auditor.techniques.trust.similarity): a map that barely changes does not depend on
+what the model learnt. This module holds the cascade of randomised copies, the random other class for
+the random-logit check, and the verdict. Faithfulness (deletion / insertion, average drop) is in
+trust.perturbation, localisation against boxes in trust.boxes.
 """
 
 from __future__ import annotations
@@ -19,12 +18,11 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditorError
-from auditor.hooks import forward_pre_hooks
-from auditor.state import audit_mode
-from auditor.techniques.maps import gaussian_blur, minmax
+from auditor.nn.hooks import forward_pre_hooks
+from auditor.nn.restore import audit_mode
 
-__all__ = ["SANITY_THRESHOLD", "SSIM_WINDOW", "cascade_ends", "gradient_saliency", "parametrised_layers",
-           "random_other_class", "randomization_cascade", "sanity_verdict", "spearman", "ssim"]
+__all__ = ["SANITY_THRESHOLD", "cascade_ends", "parametrised_layers", "random_other_class",
+           "randomization_cascade", "sanity_verdict"]
 
 Verdict = Literal["pass", "warn"]
 
@@ -37,88 +35,6 @@ Verdict = Literal["pass", "warn"]
 # 0.5 is where half of the map's rank order survives the loss of what the model learnt, on average
 # over the cascade: above it the map is mostly a picture of the input, not of the model.
 SANITY_THRESHOLD = 0.5
-
-SSIM_WINDOW = 11  # skimage's Gaussian window for sigma 1.5, truncate 3.5: radius int(3.5 * 1.5 + 0.5) = 5
-_SSIM_SIGMA = 1.5
-_SSIM_K1, _SSIM_K2 = 0.01, 0.03
-
-
-# ---------------------------------------------------------------- similarity of two maps
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation of each pair of maps [..., H, W] -> [...] (float32), ties at average rank.
-
-    Ranks, not values, because saliency methods differ in scale and contrast but agree (or not) on
-    which pixels matter most. A constant map has no ranking; it scores 0 (no agreement) rather than
-    NaN, so curves and report.json stay finite.
-    """
-    _check_pair(a, b)
-    shape = a.shape[:-2]
-    ra = _average_ranks(a.reshape(-1, a.shape[-2] * a.shape[-1]))
-    rb = _average_ranks(b.reshape(-1, b.shape[-2] * b.shape[-1]))
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    denominator = (ra.square().sum(dim=1) * rb.square().sum(dim=1)).sqrt()
-    rho = (ra * rb).sum(dim=1) / denominator.clamp_min(torch.finfo(torch.float64).tiny)
-    return rho.where(denominator > 0, torch.zeros_like(rho)).float().reshape(shape)
-
-
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks [M, n] (float64) of each row, tied values sharing the mean of their positions."""
-    rows, n = values.shape
-    ordered, order = values.sort(dim=1, stable=True)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    groups = (starts.cumsum(dim=1) - 1) + torch.arange(rows, device=values.device).unsqueeze(1) * n
-    positions = torch.arange(1, n + 1, device=values.device).expand(rows, n).reshape(-1)
-    first = torch.zeros(rows * n, dtype=positions.dtype, device=values.device)
-    last = torch.zeros_like(first)
-    first.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amin", include_self=False)
-    last.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amax", include_self=False)
-    sorted_ranks = ((first + last).double() / 2)[groups]
-    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM of each pair of maps [..., H, W] -> [...] (Wang et al. 2004), as skimage computes it.
-
-    Gaussian window 11 x 11 (sigma 1.5), K1 = 0.01, K2 = 0.03, population covariance, and the mean over
-    the positions whose window lies inside the map (skimage filters the whole map with reflected
-    borders, then crops 5 pixels, so a valid convolution gives the same numbers). SSIM complements
-    Spearman: it compares local structure and contrast, not just the order of pixels.
-    """
-    _check_pair(a, b)
-    height, width = a.shape[-2:]
-    if min(height, width) < SSIM_WINDOW:
-        raise AuditorError(f"SSIM needs maps of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, not {height}x{width}; "
-                           "use a larger --input-size")
-    x = a.reshape(-1, 1, height, width).float()
-    y = b.reshape(-1, 1, height, width).float()
-    blurred = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), _SSIM_SIGMA, SSIM_WINDOW)
-    ux, uy, uxx, uyy, uxy = blurred.unbind(dim=1)
-    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
-    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(dim=(-2, -1)).reshape(a.shape[:-2])
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape or a.ndim < 2:
-        raise ValueError(f"maps must have one shape [..., H, W], not {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:
-    """Input gradients [..., C, H, W] -> maps [..., H, W] in [0, 1]: largest |gradient| over channels, min-max scaled.
-
-    The usual reduction (Simonyan et al. 2014), so guided backprop, deconvnet and the plain gradient
-    compare with the CAM maps on one footing: absolute values, as Adebayo et al. compare them. A
-    constant map becomes all zeros.
-    """
-    return minmax(gradients.abs().amax(dim=-3))
-
-
-# ---------------------------------------------------------------- cascading randomisation
 
 
 def parametrised_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:

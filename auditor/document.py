@@ -95,3 +95,15 @@ class Section:
     error: str | None = None  # one line: what went wrong, when the technique raised
     error_detail: str | None = None  # the traceback, for plugin authors
     seconds: float = 0.0
+
+
+@dataclass
+class Report:
+    """Everything the renderers need: the audit record and the sections, in order."""
+
+    record: dict[str, Any]
+    sections: list[Section]
+
+    @property
+    def failed(self) -> list[Section]:
+        return [s for s in self.sections if s.error is not None]

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from auditor.hooks import forward_hooks, forward_pre_hooks, truncated_forward
-from auditor.layout import outputs_agree
+from auditor.nn.hooks import forward_hooks, forward_pre_hooks, truncated_forward
+from auditor.nn.memory_format import outputs_agree
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -34,7 +34,7 @@ def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor
     convolutions before them. Yields how many were folded: 0 when there is nothing to fold, or when the
     folded network's output for `example` differs from the model's (then the model runs as it is).
 
-    The model must be in eval mode (auditor.state.audit_mode): a BatchNorm in training mode is left alone.
+    The model must be in eval mode (auditor.nn.restore.audit_mode): a BatchNorm in training mode is left alone.
     """
     pairs, reference = conv_norm_pairs(model, layer, example)
     agrees = False

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from auditor.graph import Box, Graph, neighbours
-from auditor.svg import inline_svg, render_svg, size_px
+from auditor.techniques.architecture.graph import Box, Graph, neighbours
+from auditor.techniques.architecture.svg import inline_svg, render_svg, size_px
 
 PAGE_WIDTH_PX = 680.0  # an A4 text column (515 pt)
 PAGE_HEIGHT_PX = 660.0  # two thirds of an A4 text block: room for the caption and some text

@@ -15,12 +15,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from auditor.errors import AuditorError
-from auditor.preprocess import Preprocess
+from auditor.inputs.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-BUNDLED_PHOTOS = Path(__file__).parent / "data" / "photos"
+BUNDLED_PHOTOS = Path(__file__).resolve().parent.parent / "data" / "photos"
 
 
 CACHE_SIZE = 32  # display crops kept decoded: the galleries' photos, which several sections draw again

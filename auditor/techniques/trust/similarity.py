@@ -1,0 +1,79 @@
+"""How alike two saliency maps are: by rank order (Spearman) and by local structure (SSIM).
+
+The randomisation test (Adebayo et al. 2018) compares each method's maps before and after with both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.errors import AuditorError
+from auditor.techniques.tensor_ops import gaussian_blur
+
+__all__ = ["SSIM_WINDOW", "spearman", "ssim"]
+
+SSIM_WINDOW = 11  # skimage's Gaussian window for sigma 1.5, truncate 3.5: radius int(3.5 * 1.5 + 0.5) = 5
+_SSIM_SIGMA = 1.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps [..., H, W] -> [...] (float32), ties at average rank.
+
+    Ranks, not values, because saliency methods differ in scale and contrast but agree (or not) on
+    which pixels matter most. A constant map has no ranking; it scores 0 (no agreement) rather than
+    NaN, so curves and report.json stay finite.
+    """
+    _check_pair(a, b)
+    shape = a.shape[:-2]
+    ra = _average_ranks(a.reshape(-1, a.shape[-2] * a.shape[-1]))
+    rb = _average_ranks(b.reshape(-1, b.shape[-2] * b.shape[-1]))
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    denominator = (ra.square().sum(dim=1) * rb.square().sum(dim=1)).sqrt()
+    rho = (ra * rb).sum(dim=1) / denominator.clamp_min(torch.finfo(torch.float64).tiny)
+    return rho.where(denominator > 0, torch.zeros_like(rho)).float().reshape(shape)
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks [M, n] (float64) of each row, tied values sharing the mean of their positions."""
+    rows, n = values.shape
+    ordered, order = values.sort(dim=1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    groups = (starts.cumsum(dim=1) - 1) + torch.arange(rows, device=values.device).unsqueeze(1) * n
+    positions = torch.arange(1, n + 1, device=values.device).expand(rows, n).reshape(-1)
+    first = torch.zeros(rows * n, dtype=positions.dtype, device=values.device)
+    last = torch.zeros_like(first)
+    first.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amin", include_self=False)
+    last.scatter_reduce_(0, groups.reshape(-1), positions, reduce="amax", include_self=False)
+    sorted_ranks = ((first + last).double() / 2)[groups]
+    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of each pair of maps [..., H, W] -> [...] (Wang et al. 2004), as skimage computes it.
+
+    Gaussian window 11 x 11 (sigma 1.5), K1 = 0.01, K2 = 0.03, population covariance, and the mean over
+    the positions whose window lies inside the map (skimage filters the whole map with reflected
+    borders, then crops 5 pixels, so a valid convolution gives the same numbers). SSIM complements
+    Spearman: it compares local structure and contrast, not just the order of pixels.
+    """
+    _check_pair(a, b)
+    height, width = a.shape[-2:]
+    if min(height, width) < SSIM_WINDOW:
+        raise AuditorError(f"SSIM needs maps of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, not {height}x{width}; "
+                           "use a larger --input-size")
+    x = a.reshape(-1, 1, height, width).float()
+    y = b.reshape(-1, 1, height, width).float()
+    blurred = gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), _SSIM_SIGMA, SSIM_WINDOW)
+    ux, uy, uxx, uyy, uxy = blurred.unbind(dim=1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(-2, -1)).reshape(a.shape[:-2])
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"maps must have one shape [..., H, W], not {tuple(a.shape)} and {tuple(b.shape)}")
