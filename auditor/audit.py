@@ -17,8 +17,9 @@ import torchvision
 
 from auditor import __version__
 from auditor.config import RunOptions
-from auditor.context import AuditContext, is_out_of_memory, resolve_device
+from auditor.context import AuditContext, resolve_device
 from auditor.document import Figure, Report, Section
+from auditor.forward import is_out_of_memory
 from auditor.inputs.images import ImageSet, load_images
 from auditor.inputs.models import LoadedModel, load_model
 from auditor.nn.restore import audit_mode
@@ -102,14 +103,10 @@ def _with_half_batch(technique: Any, ctx: AuditContext, options: RunOptions) -> 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    smaller = options.replace(batch_size=options.batch_size // 2)
-    ctx.options = smaller
-    try:
-        section = _attempt(technique, ctx, smaller)
-    finally:
-        ctx.options = options
+    smaller = ctx.with_batch_size(options.batch_size // 2)
+    section = _attempt(technique, smaller, smaller.options)
     section.notes.append(f"This technique ran out of memory with --batch-size {options.batch_size} and was run "
-                         f"again with {smaller.batch_size}.")
+                         f"again with {smaller.options.batch_size}.")
     return section
 
 

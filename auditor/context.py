@@ -1,9 +1,14 @@
-"""AuditContext: the model, the images, the options, and one forward pass shared by every technique."""
+"""AuditContext: what every technique receives: the model, the images, the options and the shared results.
+
+It batches the images onto the device in the layout the model runs fastest in; the shared forward pass
+(auditor.forward), the gallery rule (ImageSet.choose_gallery) and the layout probe
+(auditor.nn.memory_format) live in their own modules, and are computed here once, when first asked.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -12,27 +17,10 @@ from PIL import Image
 
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
-from auditor.inputs.images import Gallery, ImageSet, choose_gallery
-from auditor.inputs.models import LoadedModel, imagenet_class_names
+from auditor.forward import Forward, forward_pass, output_class_names
+from auditor.inputs.images import Gallery, ImageSet
+from auditor.inputs.models import LoadedModel
 from auditor.nn.memory_format import preferred_layout
-
-
-@dataclass(frozen=True)
-class Forward:
-    """The model's outputs on every image, on the CPU."""
-
-    logits: torch.Tensor  # N x classes
-    probabilities: torch.Tensor  # softmax of logits
-    top_probabilities: torch.Tensor  # N x k, descending
-    top_indices: torch.Tensor  # N x k
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory",
-                                                                                  "can't allocate memory"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +37,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 class AuditContext:
-    """What every technique receives. The model is in eval mode on `device` while techniques run."""
+    """What every technique receives. The model is in eval mode on `device` while techniques run.
+
+    - `module`, `model` (LoadedModel: preprocess, class names, hashes), `images` (ImageSet), `device`;
+    - `options` (RunOptions; a technique reads its own with `options.of(technique)`);
+    - `batches()` and `inputs(indices)`: input batches on the device, `--batch-size` at a time;
+    - `forward` (Forward: logits, probabilities, top-k of every image), `class_names`, `gallery`;
+    - `requires_grad`: the user's own requires_grad flags, by parameter name;
+    - `shared`: results a technique publishes for those that run after it (see `after` in the registry).
+    """
 
     def __init__(self, model: LoadedModel, images: ImageSet, options: RunOptions, device: torch.device,
                  requires_grad: Mapping[str, bool]) -> None:
@@ -60,6 +56,13 @@ class AuditContext:
         self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
         self.shared: dict[str, Any] = {}  # results a technique publishes for later ones (see `after` in registry)
         images.gallery = None  # chosen anew for this audit, once its predictions are known
+
+    def with_batch_size(self, batch_size: int) -> AuditContext:
+        """This context with another --batch-size (a retry after running out of memory): the forward pass,
+        gallery, layout and shared results computed so far are the same objects, not recomputed."""
+        smaller = copy.copy(self)
+        smaller.options = self.options.replace(batch_size=batch_size)
+        return smaller
 
     @property
     def module(self) -> torch.nn.Module:
@@ -84,8 +87,8 @@ class AuditContext:
 
     @cached_property
     def memory_format(self) -> torch.memory_format:
-        """The layout inputs are given in (auditor.nn.memory_format.preferred_layout, probed once on a random input);
-        the usual one for a model without convolutions, where the layout cannot matter."""
+        """The layout inputs are given in (auditor.nn.memory_format.preferred_layout, probed once on a random
+        input); the usual one for a model without convolutions, where the layout cannot matter."""
         if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.module.modules()):
             return torch.contiguous_format
         crop = self.model.preprocess.crop
@@ -99,59 +102,22 @@ class AuditContext:
         return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
 
     @cached_property
-    def gallery(self) -> Gallery:
-        """At most `--gallery-images` images for galleries, chosen by the rule it states (see choose_gallery).
+    def forward(self) -> Forward:
+        """One batched, gradient-free forward pass over all images, computed once and shared."""
+        return forward_pass(self.module, (batch for _, batch in self.batches()), self.options.top_k,
+                            self.model.spec)
 
-        Also kept on the ImageSet, where the audit record finds it.
-        """
-        top = self.forward.top_indices[:, 0].tolist()
-        correct = [None if label is None else top[i] == label for i, label in enumerate(self.images.labels)]
-        gallery = choose_gallery(self.forward.top_probabilities[:, 0].tolist(), correct, self.options.gallery_images)
-        self.images.gallery = gallery
-        return gallery
+    @cached_property
+    def gallery(self) -> Gallery:
+        """At most `--gallery-images` images for galleries, chosen by ImageSet.choose_gallery's stated rule."""
+        return self.images.choose_gallery(self.forward.top_probabilities[:, 0].tolist(),
+                                          self.forward.top_indices[:, 0].tolist(), self.options.gallery_images)
 
     def gallery_indices(self) -> list[int]:
         """The images a gallery shows, in the gallery's order (every number still counts all images)."""
         return list(self.gallery.indices)
 
     @cached_property
-    def forward(self) -> Forward:
-        """One batched, gradient-free forward pass over all images, computed once and shared."""
-        outputs = []
-        with torch.inference_mode():
-            for _, batch in self.batches():
-                logits = self._logits(batch)
-                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                    raise AuditorError(
-                        f"--model: {self.model.spec} must return a tensor of class scores (batch x classes), "
-                        f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
-                    )
-                outputs.append(logits.float().cpu())
-        logits = torch.cat(outputs)
-        probabilities = logits.softmax(dim=1)
-        k = min(self.options.top_k, logits.shape[1])
-        top = probabilities.topk(k, dim=1)
-        return Forward(logits, probabilities, top.values, top.indices)
-
-    def _logits(self, batch: torch.Tensor) -> object:
-        """The model on one batch; a model that cannot take the inputs is a user error naming --input-size."""
-        try:
-            return self.module(batch)
-        except (RuntimeError, ValueError, AssertionError) as error:
-            if is_out_of_memory(error):
-                raise
-            first = next(iter(str(error).splitlines()), type(error).__name__)
-            raise AuditorError(
-                f"--input-size: {self.model.spec} fails on {'×'.join(map(str, batch.shape[1:]))} inputs ({first}); "
-                f"give the input size it was built for") from None
-
-    @cached_property
     def class_names(self) -> list[str]:
-        """Names for every output: the model's, ImageNet's for a 1000-way model, else "class i"."""
-        count = self.forward.logits.shape[1]
-        names = self.model.class_names
-        if len(names) == count:
-            return list(names)
-        if not names and count == 1000:
-            return imagenet_class_names()
-        return [names[i] if i < len(names) else f"class {i}" for i in range(count)]
+        """A name for every output (see auditor.forward.output_class_names)."""
+        return output_class_names(self.model.class_names, self.forward.logits.shape[1])

@@ -45,11 +45,21 @@ CORE_FLAGS = frozenset({f.name.replace("_", "-") for f in dataclasses.fields(Run
 
 @runtime_checkable
 class Technique(Protocol):
-    """A visualization technique. `run` returns a Section of plain data and leaves the model as it was.
+    """A visualization technique: the contract every built-in and plugin technique keeps.
 
-    It may also declare `options: ClassVar[tuple[Option, ...]]`: each becomes an `auditor run` flag,
-    a config-file key and a line of the audit record; `run` reads the values with `options.of(self)`.
-    Keep the module light to import (torch inside `run`): `auditor run --help` reads the declarations.
+    - `name`, `title`, `summary`: the CLI key (`--techniques NAME`), the section heading, and the line
+      `auditor techniques` prints.
+    - `options` (optional): a tuple of `auditor.options.Option`. Each becomes an `auditor run` flag, a
+      config-file key and a line of the audit record; `run` reads the values with `options.of(self)`.
+      Keep the module light to import (torch inside `run`): `auditor run --help` reads the declarations.
+    - `after` (optional): names of techniques whose shared results this one reuses. It then runs after
+      them when they run at all (report order stays registry order), and reads what they published on
+      `ctx.shared`; it must still work, computing for itself, when they do not run.
+    - `run(ctx, options)`: returns a Section of plain data (auditor.document) and leaves the model as it
+      was; hooks go through auditor.nn.hooks. A technique that does not apply returns a Section saying
+      why; one that raises gets its error shown in its own section while the rest of the report is kept.
+    `ctx` is an AuditContext (auditor.context): the model, the images in batches, the shared forward
+    pass, the gallery and `ctx.shared`, the typed results techniques pass on (see its docstring).
     """
 
     name: ClassVar[str]  # CLI key, e.g. "grad-cam"

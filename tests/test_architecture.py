@@ -29,8 +29,8 @@ from auditor.techniques.architecture.draw import (
     type_summary,
 )
 from auditor.techniques.architecture.graph import (
-    Box,
     Graph,
+    GraphBox,
     collapse_runs,
     fx_graph,
     network_graph,
@@ -218,7 +218,7 @@ def test_svg_is_inlinable_with_unique_prefixed_ids():
 
 
 def test_two_svgs_on_one_page_share_no_id():
-    graph = Graph([Box(["input"], ["input"], "input", "", "3×8×8"), Box(["fc"], ["Linear"], "layer", "", "5")],
+    graph = Graph([GraphBox(["input"], ["input"], "input", "", "3×8×8"), GraphBox(["fc"], ["Linear"], "layer", "", "5")],
                   {(0, 1)})
     first, second = graph_svg(graph, "A", "first-"), graph_svg(graph, "B", "second-")
     page = ET.fromstring(f'<html xmlns="http://www.w3.org/1999/xhtml"><body>{first}{second}</body></html>')
@@ -229,7 +229,7 @@ def test_two_svgs_on_one_page_share_no_id():
 def test_tall_graphs_wrap_into_columns():
     assert choose_columns(160, 300) == 1
     assert choose_columns(160, 1200) > 1
-    chain = Graph([Box([f"l{i}"], ["Linear"], "layer", "", "8") for i in range(30)], {(i, i + 1) for i in range(29)})
+    chain = Graph([GraphBox([f"l{i}"], ["Linear"], "layer", "", "8") for i in range(30)], {(i, i + 1) for i in range(29)})
     assert "constraint=false" in to_dot(chain, "M", columns=3)
     assert "rank=same" in to_dot(chain, "M", columns=3)
     assert "constraint=false" not in to_dot(chain, "M")

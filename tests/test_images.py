@@ -17,7 +17,7 @@ from auditor.errors import AuditorError
 from auditor.inputs.images import (
     BUNDLED_PHOTOS,
     decode,
-    discover,
+    find_image_files,
     load_images,
     match_label,
 )
@@ -269,7 +269,7 @@ def test_label_folders_without_class_names(labelled_folder):
 
 
 def test_discover_given_files_and_folders(labelled_folder):
-    found = discover([labelled_folder / "cat" / "x.png", labelled_folder / "dog"])
+    found = find_image_files([labelled_folder / "cat" / "x.png", labelled_folder / "dog"])
     assert found == [
         (labelled_folder / "cat" / "x.png", "x.png", None),  # a file given directly has no label
         (labelled_folder / "dog" / "y.png", "y.png", None),  # directly inside the folder given

@@ -125,10 +125,10 @@ def test_out_of_memory_retries_once_with_half_the_batch() -> None:
     section = _run_one(Hungry, ctx, options)
     assert seen == [8, 4] and section.error is None
     assert "ran out of memory with --batch-size 8 and was run again with 4" in section.notes[0]
-    assert ctx.options.batch_size == 8  # the context is put back for the next technique
+    assert ctx.options.batch_size == 8  # the retry ran on its own context; this one is unchanged
     seen.clear()
-    ctx.options = options.replace(batch_size=16)
-    failed = _run_one(Hungry, ctx, ctx.options)
+    larger = ctx.with_batch_size(16)
+    failed = _run_one(Hungry, larger, larger.options)
     assert seen == [16, 8] and failed.error.startswith("OutOfMemoryError")
 
 

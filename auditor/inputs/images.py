@@ -78,7 +78,7 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each file, upright
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] = field(default_factory=Preprocess)
-    gallery: Gallery | None = None  # chosen by the audit once the predictions are known (AuditContext.gallery)
+    gallery: Gallery | None = None  # chosen by the audit once the predictions are known (choose_gallery)
     _cache: OrderedDict[int, Image.Image] = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -87,6 +87,12 @@ class ImageSet:
     @property
     def has_labels(self) -> bool:
         return any(label is not None for label in self.labels)
+
+    def choose_gallery(self, confidence: Sequence[float], predicted: Sequence[int], count: int) -> Gallery:
+        """The gallery for these top-1 predictions (see choose_gallery), kept here for the audit record."""
+        correct = [None if label is None else predicted[i] == label for i, label in enumerate(self.labels)]
+        self.gallery = choose_gallery(confidence, correct, count)
+        return self.gallery
 
     def photo(self, index: int, keep: bool = True) -> Image.Image:
         """Image `index` as the model sees it (the crop, before normalisation); the most recent are cached.
@@ -129,7 +135,7 @@ class ImageSet:
         return data
 
 
-def discover(paths: Sequence[str | Path]) -> list[tuple[Path, str, str | None]]:
+def find_image_files(paths: Sequence[str | Path]) -> list[tuple[Path, str, str | None]]:
     """Image files under `paths` as (path, display name, label folder name or None), sorted.
 
     A file directly inside a given folder has no label; a file in a subfolder is labelled with the
@@ -206,7 +212,7 @@ def load_images(
     elif isinstance(paths, (str, Path)):
         paths = [paths]
     preprocess = preprocess or Preprocess()
-    entries = discover(paths)
+    entries = find_image_files(paths)
     if not entries:
         raise AuditorError(
             f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, paths))}"

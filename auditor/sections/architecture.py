@@ -13,7 +13,7 @@ from auditor.context import AuditContext
 from auditor.document import Figure, Heading, Section, Table
 from auditor.nn.record_calls import Calls, record_calls
 from auditor.techniques.architecture.draw import box_title, graph_svg, type_summary
-from auditor.techniques.architecture.graph import Box, Graph, network_graph
+from auditor.techniques.architecture.graph import Graph, GraphBox, network_graph
 from auditor.techniques.architecture.table import (
     LayerRow,
     format_shape,
@@ -66,7 +66,7 @@ def layer_table(rows: list[LayerRow], model_name: str, input_text: str, folded: 
 class Unit:
     """A row of the structure table: a module at the table's depth, or a run of repeated blocks, with totals."""
 
-    box: Box  # names, types, parent, output shape and a single layer's hyper-parameters, as a graph box
+    box: GraphBox  # names, types, parent, output shape and a single layer's hyper-parameters, as a graph box
     whole: bool  # False for a module opened at this depth: the row holds only its own parameters
     calls: int
     parameters: int = 0
@@ -96,7 +96,7 @@ def structure_units(module: nn.Module, rows: list[LayerRow], calls: Mapping[str,
             record = calls.get(name, Calls())
             shape = format_shape(record.shapes[0] if record.shapes else None)
             detail = hyperparameters(sub) if layer else "" if whole else "own parameters"
-            box = Box([name], [type(sub).__name__], "layer" if layer else "block", name.rpartition(".")[0], shape,
+            box = GraphBox([name], [type(sub).__name__], "layer" if layer else "block", name.rpartition(".")[0], shape,
                       detail)
             found[name] = Unit(box, whole, len(record.shapes))
         unit = found[name]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from auditor.techniques.architecture.graph import Box, Graph, neighbours
+from auditor.techniques.architecture.graph import Graph, GraphBox, neighbours
 from auditor.techniques.architecture.svg import inline_svg, render_svg, size_px
 
 PAGE_WIDTH_PX = 680.0  # an A4 text column (515 pt)
@@ -28,7 +28,7 @@ def type_summary(types: list[str]) -> str:
     return " · ".join(types)
 
 
-def box_title(box: Box, whole_parent: bool, root_name: str) -> str:
+def box_title(box: GraphBox, whole_parent: bool, root_name: str) -> str:
     """What a box shows first: a module name, its parent's when it holds all of it, or a range of names."""
     names = [name or root_name for name in box.names]
     if len(names) == 1:
@@ -57,7 +57,7 @@ def wrap_parts(text: str, width: int = 34) -> list[str]:
     return lines
 
 
-def box_label(box: Box, whole_parent: bool, root_name: str) -> str:
+def box_label(box: GraphBox, whole_parent: bool, root_name: str) -> str:
     title = box_title(box, whole_parent, root_name)
     lines = wrap_parts(title)
     summary = type_summary(box.types)

@@ -28,7 +28,7 @@ from auditor.techniques.architecture.table import (
 
 
 @dataclass
-class Box:
+class GraphBox:
     """One box: a module call, an operation, or a collapsed run of them."""
 
     names: list[str]  # qualified module names (operation names for operations), one per member
@@ -43,7 +43,7 @@ class Box:
 class Graph:
     """Boxes in topological order and edges between their indices."""
 
-    boxes: list[Box]
+    boxes: list[GraphBox]
     edges: set[tuple[int, int]] = field(default_factory=set)
     direction: str = "TB"
 
@@ -75,11 +75,11 @@ def _operation_name(node: torch.fx.Node) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", node.name)
 
 
-def _unit(node: torch.fx.Node, module: nn.Module, depth: int) -> tuple[str, Box]:
+def _unit(node: torch.fx.Node, module: nn.Module, depth: int) -> tuple[str, GraphBox]:
     """The box a drawn fx node belongs to at `depth`, and that box's key (one per module call)."""
     shape = format_shape(_tensor_shape(node.meta.get("tensor_meta")))
     if node.op == "placeholder":
-        return node.name, Box(["input"], ["input"], "input", "", shape)
+        return node.name, GraphBox(["input"], ["input"], "input", "", shape)
     entries = node.meta.get("nn_module_stack", {}).items()
     stack = [(key, path, module.get_submodule(path)) for key, (path, _) in entries
              if not transparent(module.get_submodule(path))]
@@ -87,9 +87,9 @@ def _unit(node: torch.fx.Node, module: nn.Module, depth: int) -> tuple[str, Box]
         layer = is_layer(sub)
         if level == depth or layer:
             kind, detail = ("layer", hyperparameters(sub)) if layer else ("block", "")
-            return key, Box([path], [type(sub).__name__], kind, path.rpartition(".")[0], shape, detail)
+            return key, GraphBox([path], [type(sub).__name__], kind, path.rpartition(".")[0], shape, detail)
     name = _operation_name(node)
-    return node.name, Box([name], [name], "op", stack[-1][1] if stack else "", shape)
+    return node.name, GraphBox([name], [name], "op", stack[-1][1] if stack else "", shape)
 
 
 def fx_graph(traced: torch.fx.GraphModule, module: nn.Module, depth: int) -> Graph:
@@ -98,7 +98,7 @@ def fx_graph(traced: torch.fx.GraphModule, module: nn.Module, depth: int) -> Gra
     Parameters (get_attr), non-tensor values (sizes) and the output node are not drawn.
     """
     keys: dict[torch.fx.Node, str] = {}
-    boxes: dict[str, Box] = {}
+    boxes: dict[str, GraphBox] = {}
     for node in traced.graph.nodes:
         drawn = node.op == "placeholder" or (node.op not in ("get_attr", "output")
                                              and _tensor_shape(node.meta.get("tensor_meta")) is not None)
@@ -127,7 +127,7 @@ def neighbours(graph: Graph) -> tuple[list[set[int]], list[set[int]]]:
     return predecessors, successors
 
 
-def _mergeable(a: Box, b: Box) -> bool:
+def _mergeable(a: GraphBox, b: GraphBox) -> bool:
     """Same parent and output shape; blocks only with blocks of their own type (a stage of repeats)."""
     if "input" in (a.kind, b.kind) or (a.parent, a.shape) != (b.parent, b.shape):
         return False
@@ -152,7 +152,7 @@ def collapse_runs(graph: Graph) -> Graph:
     for members in groups:
         parts = [graph.boxes[i] for i in members]
         first = parts[0]
-        boxes.append(Box([n for p in parts for n in p.names], [t for p in parts for t in p.types], first.kind,
+        boxes.append(GraphBox([n for p in parts for n in p.names], [t for p in parts for t in p.types], first.kind,
                          first.parent, parts[-1].shape, first.detail if len(parts) == 1 else ""))
     edges = {(group_of[s], group_of[t]) for s, t in graph.edges if group_of[s] != group_of[t]}
     return Graph(boxes, edges, graph.direction)
@@ -168,10 +168,10 @@ def module_tree(module: nn.Module, calls: Mapping[str, Calls], depth: int) -> Gr
         record = calls.get(name)
         return format_shape(record.shapes[0] if record and record.shapes else None)
 
-    graph = Graph([Box([""], [type(module).__name__], "block", "", shape(""))], direction="LR")
+    graph = Graph([GraphBox([""], [type(module).__name__], "block", "", shape(""))], direction="LR")
 
     def add_children(parent: str, index: int, level: int) -> None:
-        previous: Box | None = None
+        previous: GraphBox | None = None
         for child_name, child in module.get_submodule(parent).named_children():
             path = f"{parent}.{child_name}" if parent else child_name
             if transparent(child):
@@ -179,7 +179,7 @@ def module_tree(module: nn.Module, calls: Mapping[str, Calls], depth: int) -> Gr
                 previous = None
                 continue
             kind = "layer" if is_layer(child) else "block"
-            box = Box([path], [type(child).__name__], kind, parent, shape(path),
+            box = GraphBox([path], [type(child).__name__], kind, parent, shape(path),
                       hyperparameters(child) if kind == "layer" else "")
             if previous is not None and (previous.types[-1], previous.shape) == (box.types[0], box.shape):
                 previous.names.append(path)

@@ -1,0 +1,75 @@
+"""The shared forward pass: the model's scores on every image, computed once, gradient-free, a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from auditor.errors import AuditorError
+from auditor.inputs.models import imagenet_class_names
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The model's outputs on every image, on the CPU."""
+
+    logits: torch.Tensor  # N x classes
+    probabilities: torch.Tensor  # softmax of logits
+    top_probabilities: torch.Tensor  # N x k, descending
+    top_indices: torch.Tensor  # N x k
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory",
+                                                                                  "can't allocate memory"))
+
+
+def forward_pass(module: nn.Module, batches: Iterable[torch.Tensor], top_k: int, spec: str) -> Forward:
+    """`module` on every batch under inference mode, the logits gathered on the CPU, the top-k taken.
+
+    `spec` names the model in the one-line errors: a model that returns no batch x classes tensor, or
+    that cannot take inputs of this size (then --input-size is what to change).
+    """
+    outputs = []
+    with torch.inference_mode():
+        for batch in batches:
+            logits = _logits(module, batch, spec)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                raise AuditorError(
+                    f"--model: {spec} must return a tensor of class scores (batch x classes), "
+                    f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
+                )
+            outputs.append(logits.float().cpu())
+    logits = torch.cat(outputs)
+    probabilities = logits.softmax(dim=1)
+    top = probabilities.topk(min(top_k, logits.shape[1]), dim=1)
+    return Forward(logits, probabilities, top.values, top.indices)
+
+
+def _logits(module: nn.Module, batch: torch.Tensor, spec: str) -> object:
+    """The model on one batch; a model that cannot take the inputs is a user error naming --input-size."""
+    try:
+        return module(batch)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        if is_out_of_memory(error):
+            raise
+        first = next(iter(str(error).splitlines()), type(error).__name__)
+        raise AuditorError(
+            f"--input-size: {spec} fails on {'×'.join(map(str, batch.shape[1:]))} inputs ({first}); "
+            f"give the input size it was built for") from None
+
+
+def output_class_names(names: Sequence[str], count: int) -> list[str]:
+    """A name for each of `count` outputs: the model's own, ImageNet's for a 1000-way model without names,
+    else "class i" where a name is missing."""
+    if len(names) == count:
+        return list(names)
+    if not names and count == 1000:
+        return imagenet_class_names()
+    return [names[i] if i < len(names) else f"class {i}" for i in range(count)]
