@@ -10,41 +10,12 @@ from typing import Any
 
 import click
 
-from auditor.config import RunOptions, config_defaults
+from auditor.config import RunOptions, config_defaults, core_fields, flag_names
 from auditor.errors import AuditorError
 from auditor.options import Option
 
 EXIT_TECHNIQUE_FAILED = 3
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by Ctrl-C
-
-
-def _names(value: str | None) -> tuple[str, ...]:
-    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
-
-
-def _triple(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
-    """Parse "0.5" or "0.485,0.456,0.406" into three per-channel floats."""
-    if value is None:
-        return None
-    try:
-        numbers = [float(v) for v in value.split(",")]
-    except ValueError:
-        raise click.BadParameter("give one number or three comma-separated numbers, e.g. 0.5 or 0.485,0.456,0.406")
-    if len(numbers) == 1:
-        numbers *= 3
-    if len(numbers) != 3:
-        raise click.BadParameter("give one number or three (one per RGB channel)")
-    return (numbers[0], numbers[1], numbers[2])
-
-
-def _key_values(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
-    pairs = {}
-    for item in value:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
-        pairs[key.strip()] = val.strip()
-    return pairs
 
 
 def _technique_options() -> tuple[Option, ...]:
@@ -82,6 +53,15 @@ def _click_option(option: Option) -> click.Option:
                         metavar=metavar, help=f"{option.help} [default: {shown}]")
 
 
+def _core_option(f: dataclasses.Field[Any]) -> click.Option:
+    """A RunOptions field as its flag, with the field's default (a default factory's is click's empty one)."""
+    flag = f.metadata["flag"]
+    default = None if f.default is dataclasses.MISSING else f.default
+    return click.Option(["/".join(flag_names(f)), *filter(None, [flag.short]), f.name], default=default,
+                        is_flag=isinstance(default, bool), type=flag.type, multiple=flag.multiple, show_default=True,
+                        help=flag.help)
+
+
 class RunCommand(click.Command):
     """`auditor run`, whose flags also include every option the registered techniques declare.
 
@@ -103,10 +83,10 @@ def options_from_params(params: dict[str, Any]) -> RunOptions:
     """RunOptions from the `run` command's parsed parameters: core fields, and technique options given."""
     values = dict(params)
     values.pop("debug", None)  # how errors are shown, not an option of the audit
-    images = (*values.pop("image_args"), *values.pop("image_opts"))
-    core = {f.name for f in dataclasses.fields(RunOptions)}
+    images = (*values.pop("image_args"), *values.pop("images"))
+    core = {f.name for f in core_fields()}
     settings = {key: values.pop(key) for key in list(values) if key not in core}
-    return RunOptions(images=images, techniques=_names(values.pop("techniques")), skip=_names(values.pop("skip")),
+    return RunOptions(images=images, extra=dict(values.pop("extra")),
                       settings={k: v for k, v in settings.items() if v is not None}, **values)
 
 
@@ -135,46 +115,8 @@ def cli() -> None:
     """Audit a PyTorch image classifier: one self-contained HTML (and PDF) report of what it looks at."""
 
 
-@cli.command(cls=RunCommand)
+@cli.command(cls=RunCommand, params=[_core_option(f) for f in core_fields()])
 @click.argument("image_args", metavar="[IMAGES]...", nargs=-1, type=click.Path())
-@click.option("--model", "-m", default="efficientnet_lite0", show_default=True,
-              help="efficientnet_lite0 (built in, ImageNet weights), a torchvision model name (resnet50, vgg16, ...), "
-                   "a TorchScript or model file, or package.module:factory (also path/to/file.py:factory).")
-@click.option("--weights", "-w", default=None,
-              help="For torchvision names: DEFAULT (default), an enum name like IMAGENET1K_V1, or none. For any "
-                   "architecture: a state_dict file.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow loading a fully pickled model file. Unpickling runs code from the file: only for files "
-                   "you trust.")
-@click.option("--images", "-i", "image_opts", multiple=True, type=click.Path(),
-              help="Image file or folder (repeatable; subfolders named after classes give true labels). "
-                   "Default: the bundled demo photos.")
-@click.option("--labels", type=click.Path(), help="Class names: a .txt file (one per line) or .json (list or "
-                                                  "index-to-name mapping). Default: ImageNet names for ImageNet "
-                                                  "models.")
-@click.option("--input-size", type=click.IntRange(16, 4096), help="Square input size (center crop) fed to the model.")
-@click.option("--mean", callback=_triple, help="Normalization mean: one number or three, e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=_triple, help="Normalization std: one number or three.")
-@click.option("--out", "-o", default="audit-report", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for report.html, report.json and report.pdf.")
-@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
-@click.option("--figures", is_flag=True, help="Also write every figure as its own file in OUT/figures/ "
-                                              "(PNG/JPEG, SVG where vector), named figNN-technique-subject.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (CUDA when present).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: same inputs and seed, same numbers.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--techniques", "-t", default=None, help="Comma-separated techniques to run (default: all; see "
-                                                       "`auditor techniques`).")
-@click.option("--skip", default=None, help="Comma-separated techniques not to run.")
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 100), help="Classes listed per image.")
-@click.option("--gallery-images", default=6, show_default=True, type=click.IntRange(1, 1000),
-              help="Images shown in each technique's figures (every number still counts all images).")
-@click.option("--tensorboard", type=click.Path(file_okay=False),
-              help="Also write the model graph as a TensorBoard event file into this folder (needs tensorboard).")
-@click.option("--option", "extra", multiple=True, callback=_key_values, metavar="KEY=VALUE",
-              help="An option for a plugin technique that declares none (repeatable), read from options.extra.")
-@click.option("--strict", is_flag=True, help="Stop at the first failing technique and show its traceback "
-                                             "(default: report the failure in its section and go on).")
 @click.option("--debug", is_flag=True, help="Show the full traceback of any error (for bug reports).")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False, callback=_load_config,
               help="A TOML file of options (names as in the report's option list); flags given here win.")
@@ -232,7 +174,7 @@ def techniques() -> None:
 
 
 @cli.command()
-@click.option("--model", "-m", default="efficientnet_lite0", show_default=True, help="As for `auditor run`.")
+@click.option("--model", "-m", default=RunOptions.model, show_default=True, help="As for `auditor run`.")
 @click.option("--weights", "-w", default="none", show_default=True,
               help="As for `auditor run`; the tree does not depend on the weights.")
 @click.option("--trust-pickle", is_flag=True, help="As for `auditor run`.")

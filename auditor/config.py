@@ -1,16 +1,23 @@
-"""Run options as one frozen dataclass: what the CLI parses and what the report records."""
+"""Run options as one frozen dataclass: what the CLI parses and what the report records.
+
+Each field declares its `auditor run` flag beside its default (`Flag`); the command's core flags, the
+config-file keys and the reproducing command are all read from there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
+
 from auditor.errors import AuditorError
-from auditor.options import Option, complete_settings
+from auditor.options import Option, complete_settings, split_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,31 +26,100 @@ else:  # pragma: no cover - Python 3.10
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How `auditor run` takes a RunOptions field; the field holds the one default."""
+
+    help: str
+    short: str = ""  # "-m"
+    type: click.ParamType | None = None  # None: click's type for the default
+    multiple: bool = False  # repeatable
+    name: str = ""  # the flag without "--", where it is not the field's name
+
+
+def _flag(default: Any, help: str, **how: Any) -> Any:
+    """A RunOptions field with its default and its flag."""
+    return field(default=default, metadata={"flag": Flag(help, **how)})
+
+
+class _Parsed(click.ParamType):
+    """A click type from a parser that raises ValueError saying what to write instead."""
+
+    def __init__(self, parse: Callable[[Any], Any], name: str = "text") -> None:
+        self.parse, self.name = parse, name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.parse(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+def _triple(value: str) -> tuple[float, float, float]:
+    """"0.5" or "0.485,0.456,0.406" as three per-channel floats."""
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise ValueError("give one number or three comma-separated numbers, e.g. 0.5 or 0.485,0.456,0.406") from None
+    if len(numbers) == 1:
+        numbers *= 3
+    if len(numbers) != 3:
+        raise ValueError("give one number or three (one per RGB channel)")
+    return (numbers[0], numbers[1], numbers[2])
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{item!r} is not KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+_NAMES, _TRIPLE = _Parsed(split_names), _Parsed(_triple)
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """Every option of an audit run. The report prints all of them, so keep them plain data."""
 
-    model: str = "efficientnet_lite0"
-    weights: str | None = None
-    trust_pickle: bool = False
-    images: tuple[str, ...] = ()
-    labels: str | None = None
-    input_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    out: str = "audit-report"
-    pdf: bool = True
-    figures: bool = False
-    device: str = "auto"
-    seed: int = 0
-    batch_size: int = 16
-    techniques: tuple[str, ...] = ()
-    skip: tuple[str, ...] = ()
-    top_k: int = 5
-    gallery_images: int = 6
-    tensorboard: str | None = None
-    strict: bool = False
+    model: str = _flag("efficientnet_lite0", "efficientnet_lite0 (built in, ImageNet weights), a torchvision model "
+                       "name (resnet50, vgg16, ...), a TorchScript or model file, or package.module:factory (also "
+                       "path/to/file.py:factory).", short="-m")
+    weights: str | None = _flag(None, "For torchvision names: DEFAULT (default), an enum name like IMAGENET1K_V1, "
+                                "or none. For any architecture: a state_dict file.", short="-w")
+    trust_pickle: bool = _flag(False, "Allow loading a fully pickled model file. Unpickling runs code from the file: "
+                               "only for files you trust.")
+    images: tuple[str, ...] = _flag((), "Image file or folder (repeatable; subfolders named after classes give true "
+                                    "labels). Default: the bundled demo photos.", short="-i", type=click.Path(),
+                                    multiple=True)
+    labels: str | None = _flag(None, "Class names: a .txt file (one per line) or .json (list or index-to-name "
+                               "mapping). Default: ImageNet names for ImageNet models.", type=click.Path())
+    input_size: int | None = _flag(None, "Square input size (center crop) fed to the model.",
+                                   type=click.IntRange(16, 4096))
+    mean: tuple[float, float, float] | None = _flag(None, "Normalization mean: one number or three, e.g. "
+                                                    "0.485,0.456,0.406.", type=_TRIPLE)
+    std: tuple[float, float, float] | None = _flag(None, "Normalization std: one number or three.", type=_TRIPLE)
+    out: str = _flag("audit-report", "Folder for report.html, report.json and report.pdf.", short="-o",
+                     type=click.Path(file_okay=False))
+    pdf: bool = _flag(True, "Also write report.pdf.")
+    figures: bool = _flag(False, "Also write every figure as its own file in OUT/figures/ (PNG/JPEG, SVG where "
+                          "vector), named figNN-technique-subject.")
+    device: str = _flag("auto", "cpu, cuda, cuda:N, or auto (CUDA when present).")
+    seed: int = _flag(0, "Random seed: same inputs and seed, same numbers.")
+    batch_size: int = _flag(16, "Images per forward pass.", type=click.IntRange(1))
+    techniques: tuple[str, ...] = _flag((), "Comma-separated techniques to run (default: all; see `auditor "
+                                        "techniques`).", short="-t", type=_NAMES)
+    skip: tuple[str, ...] = _flag((), "Comma-separated techniques not to run.", type=_NAMES)
+    top_k: int = _flag(5, "Classes listed per image.", type=click.IntRange(1, 100))
+    gallery_images: int = _flag(6, "Images shown in each technique's figures (every number still counts all "
+                                "images).", type=click.IntRange(1, 1000))
+    tensorboard: str | None = _flag(None, "Also write the model graph as a TensorBoard event file into this folder "
+                                    "(needs tensorboard).", type=click.Path(file_okay=False))
+    strict: bool = _flag(False, "Stop at the first failing technique and show its traceback (default: report the "
+                         "failure in its section and go on).")
     settings: dict[str, Any] = field(default_factory=dict)  # options the techniques declare, by key
-    extra: dict[str, str] = field(default_factory=dict)  # --option KEY=VALUE, for plugins that declare none
+    extra: dict[str, str] = field(default_factory=dict, metadata={"flag": Flag(
+        "An option for a plugin technique that declares none (repeatable), read from options.extra.",
+        type=_Parsed(_key_value, "KEY=VALUE"), multiple=True, name="option")})
     declared: tuple[Option, ...] = field(default=(), repr=False, compare=False)  # set by with_declared
 
     def replace(self, **changes: Any) -> RunOptions:
@@ -61,13 +137,10 @@ class RunOptions:
         """A technique's own option values by key (`kernel_layers`), defaults where not given."""
         return {o.key: self.settings.get(o.key, o.default) for o in getattr(technique, "options", ())}
 
-    def _core(self) -> list[dataclasses.Field[Any]]:
-        return [f for f in dataclasses.fields(self) if f.name not in ("settings", "declared")]
-
     def as_record(self) -> dict[str, Any]:
         """Every option as JSON-ready values, the techniques' own after the core ones: the audit record."""
         record: dict[str, Any] = {}
-        for f in self._core():
+        for f in core_fields():
             value = getattr(self, f.name)
             record[f.name] = list(value) if isinstance(value, tuple) else value
         for key, value in self.settings.items():
@@ -78,15 +151,15 @@ class RunOptions:
         """The `auditor run` command that reproduces these options (defaults left out)."""
         defaults = RunOptions()
         args = ["auditor", "run", *self.images]
-        for f in self._core():
+        for f in core_fields():
             value = getattr(self, f.name)
             if f.name == "images" or value == getattr(defaults, f.name):
                 continue
-            flag = "--" + f.name.replace("_", "-")
-            if f.name == "extra":
-                args += [part for key, val in value.items() for part in ("--option", f"{key}={val}")]
-            elif isinstance(value, bool):
-                args.append(flag if value else f"--no-{f.name}")
+            flag, *negation = flag_names(f)
+            if isinstance(value, bool):
+                args += [flag] if value else negation
+            elif isinstance(value, dict):
+                args += [part for key, val in value.items() for part in (flag, f"{key}={val}")]
             elif isinstance(value, tuple):
                 args += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
             else:
@@ -100,6 +173,17 @@ class RunOptions:
             else:
                 args += [option.flag, option.format(value)]
         return shlex.join(args)
+
+
+def core_fields() -> list[dataclasses.Field[Any]]:
+    """The RunOptions fields that are `auditor run` flags: all but the techniques' settings."""
+    return [f for f in dataclasses.fields(RunOptions) if "flag" in f.metadata]
+
+
+def flag_names(f: dataclasses.Field[Any]) -> list[str]:
+    """A core field's flags: ["--batch-size"], or ["--pdf", "--no-pdf"] for one that is on by default."""
+    name = f.metadata["flag"].name or f.name.replace("_", "-")
+    return [f"--{name}", f"--no-{name}"] if f.default is True else [f"--{name}"]
 
 
 def config_defaults(path: Path, declared: tuple[Option, ...] = ()) -> dict[str, Any]:
@@ -117,14 +201,14 @@ def config_defaults(path: Path, declared: tuple[Option, ...] = ()) -> dict[str, 
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise AuditorError(f"--config: cannot read {path} as TOML ({error})") from None
     technique_keys = {o.key for o in declared}
-    known = {f.name for f in dataclasses.fields(RunOptions) if f.name not in ("settings", "declared")} | technique_keys
+    known = {f.name for f in core_fields()} | technique_keys
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in known:
             raise AuditorError(f"--config: {path} has an unknown option {key!r}; known: {', '.join(sorted(known))}")
         if name == "images":
-            defaults["image_opts"] = [value] if isinstance(value, str) else list(value)
+            defaults["images"] = [value] if isinstance(value, str) else list(value)
         elif name == "extra":
             if not isinstance(value, dict):
                 raise AuditorError(f"--config: 'extra' in {path} must be a table of KEY = VALUE")

@@ -49,9 +49,9 @@ class Option:
     def parse(self, value: Any) -> Any:
         if value is None:
             return None
-        parser = {"int": self._number, "float": self._number, "text": _text, "names": _names,
-                  "indices": _indices, "choice": self._choice, "flag": _flag, "layer": _text, "layers": _names,
-                  "classes": _names}[self.kind]
+        parser = {"int": self._number, "float": self._number, "text": _text, "names": split_names,
+                  "indices": _indices, "choice": self._choice, "flag": _flag, "layer": _text, "layers": split_names,
+                  "classes": split_names}[self.kind]
         return parser(value)
 
     def format(self, value: Any) -> str:
@@ -97,7 +97,7 @@ def _text(value: Any) -> str:
     return value.strip()
 
 
-def _names(value: Any) -> tuple[str, ...]:
+def split_names(value: Any) -> tuple[str, ...]:
     """"a,b" or ["a", "b"] -> ("a", "b"); numbers are kept as text (class indices, say)."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, int)) for v in items):

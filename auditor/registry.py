@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-from auditor.config import RunOptions
+from auditor.config import RunOptions, core_fields, flag_names
 from auditor.errors import AuditorError, TechniqueClashError
 from auditor.options import Option, declared
 
@@ -38,9 +38,10 @@ BUILTINS: tuple[str, ...] = (
     "auditor.declarations:MaximizingInputs",
 )
 
-# Flags of `auditor run` itself, which no technique option may take.
+# Flags of `auditor run` itself and names of RunOptions (config-file keys), which no technique option may take.
 CORE_FLAGS = frozenset({f.name.replace("_", "-") for f in dataclasses.fields(RunOptions)}
-                       | {"option", "config", "debug", "help", "version", "no-pdf"})
+                       | {name.removeprefix("--") for f in core_fields() for name in flag_names(f)}
+                       | {"config", "debug", "help", "version"})
 
 
 @runtime_checkable
