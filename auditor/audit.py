@@ -57,7 +57,7 @@ def run_audit(
         model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle, labels=options.labels,
                            input_size=options.input_size, mean=options.mean, std=options.std)
     if images is None:
-        images = load_images(options.images or None, model.preprocess, model.class_names)
+        images = load_images(options.images or None, model.preprocess, model.class_names, options.labels_csv)
     device = resolve_device(options.device)
     done: dict[str, Section] = {}
     with audit_mode(model.module, device) as requires_grad:

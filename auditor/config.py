@@ -74,6 +74,17 @@ def _key_value(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _size(value: str) -> int | tuple[int, int]:
+    """"224" or "224,192" (height, width), each side 16 to 4096 pixels."""
+    try:
+        sides = [int(v) for v in value.replace("x", ",").split(",")]
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size; give N or H,W, e.g. 224 or 256,192") from None
+    if len(sides) not in (1, 2) or not all(16 <= s <= 4096 for s in sides):
+        raise ValueError(f"{value!r}: give N or H,W with each side from 16 to 4096 pixels")
+    return sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[0], sides[1])
+
+
 _NAMES, _TRIPLE = _Parsed(split_names), _Parsed(_triple)
 
 
@@ -93,8 +104,19 @@ class RunOptions:
                                     multiple=True)
     labels: str | None = _flag(None, "Class names: a .txt file (one per line) or .json (list or index-to-name "
                                "mapping). Default: ImageNet names for ImageNet models.", type=click.Path())
-    input_size: int | None = _flag(None, "Square input size (center crop) fed to the model.",
-                                   type=click.IntRange(16, 4096))
+    labels_csv: str | None = _flag(None, "True classes from a CSV file of image,class rows (image: a file name as "
+                                   "in the report; class: a name or index); rows override subfolder labels.",
+                                   type=click.Path(dir_okay=False))
+    input_size: int | tuple[int, int] | None = _flag(None, "Input size fed to the model (center crop): N for N x N, "
+                                                     "or H,W for a model trained on non-square inputs.",
+                                                     type=_Parsed(_size, "N|H,W"))
+    channels: int | None = _flag(None, "Input channels the model takes: 1 (grayscale), 3 (RGB) or 4 (RGBA). "
+                                 "Default: read from the first convolution.", type=click.IntRange(1, 4))
+    head: str = _flag("auto", "How scores become probabilities: softmax (one class per image), sigmoid (each "
+                      "label on its own: binary and multi-label models), or auto (sigmoid for one output or a "
+                      "multi-label config, else softmax).", type=click.Choice(["auto", "softmax", "sigmoid"]))
+    threshold: float = _flag(0.5, "With a sigmoid head: a label is predicted when its probability is at least "
+                             "this.", type=click.FloatRange(0, 1))
     mean: tuple[float, float, float] | None = _flag(None, "Normalization mean: one number or three, e.g. "
                                                     "0.485,0.456,0.406.", type=_TRIPLE)
     std: tuple[float, float, float] | None = _flag(None, "Normalization std: one number or three.", type=_TRIPLE)

@@ -426,3 +426,26 @@ def test_photo_cache_keeps_only_the_most_recent_crops(make_image, monkeypatch):
     assert len(decoded_files) == 5
     images.inputs([3, 2])  # so 2 and 3 are still cached
     assert len(decoded_files) == 5
+
+
+def test_labels_csv_gives_true_classes_over_subfolders(tmp_path: Path, make_image) -> None:
+    make_image("cat/a.png")
+    make_image("b.png")
+    make_image("c.png")
+    table = tmp_path / "labels.csv"
+    table.write_text("image,class\ncat/a.png,dog\nb.png,1\nc.png,cat\nc.png,dog\nmissing.png,cat\n")
+    images = load_images(tmp_path, class_names=["cat", "dog"], labels_csv=table)
+    assert images.names == ["b.png", "c.png", "cat/a.png"]
+    assert images.labels == [1, 0, 1]  # the CSV's class wins over the folder's
+    assert images.label_sets == [(1,), (0, 1), (1,)]  # an image on two rows has two classes
+    assert images.label_names == ["1", "cat", "dog"]
+
+
+@pytest.mark.parametrize("text, message", [("a.png\n", "line 1"), ("", "has no image,class rows"),
+                                           ("image,class\na.png,\n", "line 2")])
+def test_a_bad_labels_csv_is_one_line_naming_the_row(tmp_path: Path, make_image, text: str, message: str) -> None:
+    make_image("a.png")
+    table = tmp_path / "labels.csv"
+    table.write_text(text)
+    with pytest.raises(AuditorError, match=message):
+        load_images(tmp_path / "a.png", class_names=["cat"], labels_csv=table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import logging
@@ -75,6 +76,8 @@ class ImageSet:
     sha256: list[str] = field(default_factory=list)  # of each file's bytes
     labels: list[int | None] = field(default_factory=list)  # class index when the folder name matches a class
     label_names: list[str | None] = field(default_factory=list)  # the folder name, even when it matches no class
+    # every true class of each image: its label's alone, or several from --labels-csv rows (multi-label)
+    label_sets: list[tuple[int, ...]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each file, upright
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] = field(default_factory=Preprocess)
@@ -200,12 +203,13 @@ def load_images(
     paths: Sequence[str | Path] | str | Path | None = None,
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
+    labels_csv: str | Path | None = None,
 ) -> ImageSet:
     """Find and check images (files or folders; default: the bundled photos) for the model.
 
     Each file is decoded once here to check it, then again batch by batch when the audit needs it.
     Unreadable files are skipped with a warning and listed in `ImageSet.skipped`; no image left is
-    an AuditorError.
+    an AuditorError. `labels_csv` (image,class rows) gives true classes, over any subfolder's.
     """
     if paths is None or (not isinstance(paths, (str, Path)) and len(paths) == 0):
         paths = [BUNDLED_PHOTOS]
@@ -217,7 +221,7 @@ def load_images(
         raise AuditorError(
             f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, paths))}"
         )
-    return _scan(entries, preprocess, class_names)
+    return _scan(entries, preprocess, class_names, read_label_csv(labels_csv) if labels_csv else None)
 
 
 def _reason(error: Exception) -> str:
@@ -232,8 +236,10 @@ def _scan(
     entries: Iterable[tuple[Path, str, str | None]],
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
     class_names: Sequence[str],
+    listed: dict[str, list[str]] | None = None,
 ) -> ImageSet:
-    """One pass over the files: decode each to check it, keep its hash and size, and drop the pixels."""
+    """One pass over the files: decode each to check it, keep its hash and size, and drop the pixels.
+    Labels come from `listed` (name -> classes, from --labels-csv) where it names the file, else the folder."""
     paths, names, hashes, label_names, sizes = [], [], [], [], []
     skipped: list[tuple[str, str]] = []
     for path, name, label_name in entries:
@@ -253,9 +259,35 @@ def _scan(
     if not paths:
         listed = "; ".join(f"{name}: {reason}" for name, reason in skipped)
         raise AuditorError(f"--images: none of the files could be read as an image ({listed})")
-    folders = {n: match_label(n, class_names) for n in set(label_names) if n is not None}
-    labels = [folders[n] if n is not None else None for n in label_names]
-    unknown = sorted(n for n, i in folders.items() if i is None)
+    given = [[n] if n is not None else [] for n in label_names]
+    if listed is not None:
+        given = [listed.get(name, listed.get(Path(name).name, classes)) for name, classes in zip(names, given)]
+        label_names = [classes[0] if classes else None for classes in given]
+    matched = {n: match_label(n, class_names) for classes in given for n in classes}
+    label_sets = [tuple(dict.fromkeys(matched[n] for n in classes if matched[n] is not None)) for classes in given]
+    labels = [found[0] if found else None for found in label_sets]
+    unknown = sorted(n for n, i in matched.items() if i is None)
     if unknown and class_names:
-        log.warning("label folders that match no class name, shown without a true class: %s", ", ".join(unknown))
-    return ImageSet(paths, names, hashes, labels, label_names, skipped, sizes, preprocess)
+        log.warning("label folders or --labels-csv classes that match no class name, shown without a true class: %s", ", ".join(unknown))
+    return ImageSet(paths, names, hashes, labels, label_names, label_sets, skipped, sizes, preprocess)
+
+
+def read_label_csv(path: str | Path) -> dict[str, list[str]]:
+    """--labels-csv: image name -> its true classes, from `image,class` rows (a header row is optional; an
+    image on several rows has several classes)."""
+    file = Path(path)
+    try:
+        rows = list(csv.reader(file.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError) as error:
+        raise AuditorError(f"--labels-csv: cannot read {file} ({_reason(error)})") from None
+    header = bool(rows) and [cell.strip().lower() for cell in rows[0][:2]] == ["image", "class"]
+    found: dict[str, list[str]] = {}
+    for number, row in enumerate(rows[header:], start=1 + header):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise AuditorError(f"--labels-csv: line {number} of {file} is not image,class: {','.join(row)!r}")
+        found.setdefault(row[0].strip(), []).append(row[1].strip())
+    if not found:
+        raise AuditorError(f"--labels-csv: {file} has no image,class rows")
+    return found

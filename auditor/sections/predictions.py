@@ -51,7 +51,7 @@ def card(ctx: AuditContext, index: int, reason: str) -> Card:
         p = float(forward.probabilities[index, images.labels[index]])
         lines.append(f"true class: {true_name} (p = {p:.3f})")
     elif images.label_names[index] is not None:
-        lines.append(f"folder {images.label_names[index]!r} matches no class name")
+        lines.append(f"label {images.label_names[index]!r} matches no class name")
     if reason:
         lines.append(f"shown as: {reason}")
     return Card(
