@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import platform
 import random
 import time
@@ -22,12 +23,18 @@ from auditor.document import Figure, Report, Section
 from auditor.forward import is_out_of_memory
 from auditor.inputs.images import ImageSet, load_images
 from auditor.inputs.models import LoadedModel, load_model
+from auditor.inputs.models.heads import Head
+from auditor.methods import METHODS
 from auditor.nn.restore import audit_mode
 from auditor.option_checks import check_references
+from auditor.progress import Progress, as_progress
 from auditor.registry import declared_options, discover, select
+from auditor.report.maps import maps_record
 from auditor.report.svg import check_passive
+from auditor.sections.findings import findings
 
-Progress = Callable[[str, int, int], None]  # (technique name, index, total)
+log = logging.getLogger(__name__)
+StartCallback = Callable[[str, int, int], None]  # (technique name, index, total): the older progress argument
 
 
 def seed_everything(seed: int) -> None:
@@ -40,13 +47,15 @@ def run_audit(
     model: LoadedModel | None = None,
     images: ImageSet | None = None,
     options: RunOptions | None = None,
-    progress: Progress | None = None,
+    progress: Progress | StartCallback | None = None,
 ) -> Report:
     """Audit `model` (default: the built-in) on `images` (default: the bundled photos).
 
     A technique that raises becomes a Section carrying its error (unless options.strict), so one
     failure never loses the rest of the report. The model is returned exactly as it was given.
+    `progress` (auditor.progress; default: none shown) is told as each technique starts and what it counts.
     """
+    shown = as_progress(progress)
     available = discover()
     options = (options or RunOptions()).with_declared(declared_options(available))  # bad values fail first
     techniques = select(available, options.techniques, options.skip)
@@ -55,22 +64,39 @@ def run_audit(
     seed_everything(options.seed)  # first: random weights (--weights none) depend on it too
     if model is None:
         model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle, labels=options.labels,
-                           input_size=options.input_size, mean=options.mean, std=options.std)
+                           input_size=options.input_size, mean=options.mean, std=options.std,
+                           channels=options.channels)
     if images is None:
         images = load_images(options.images or None, model.preprocess, model.class_names, options.labels_csv)
     device = resolve_device(options.device)
     done: dict[str, Section] = {}
     with audit_mode(model.module, device) as requires_grad:
-        ctx = AuditContext(model, images, options, device, requires_grad)
-        check_references(options, model.module, model.name, ctx.class_names)
-        for index, technique in enumerate(run_order(techniques)):
-            if progress is not None:
-                progress(technique.name, index, len(techniques))
-            done[technique.name] = _run_one(technique, ctx, options)
+        ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)
+        try:
+            check_references(options, model.module, model.name, ctx.class_names)
+            _check_label_count(model, ctx.forward.logits.shape[1])
+            for index, technique in enumerate(run_order(techniques)):
+                shown.close()
+                shown.start(technique.name, index, len(techniques))
+                done[technique.name] = _run_one(technique, ctx, options)
+        finally:
+            shown.close()
         layout = "channels-last" if ctx.memory_format == torch.channels_last else "contiguous"
     sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
-    record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout)
-    return Report(record, sections)
+    record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout,
+                          ctx.head)
+    return Report(record, sections, findings(record, sections, {key: m.name for key, m in METHODS.items()}))
+
+
+def _check_label_count(model: LoadedModel, outputs: int) -> None:
+    """A class-name list (--labels, a config) that does not match the outputs: one warning and a record note."""
+    names = len(model.class_names)
+    if names and names != outputs:
+        message = (f"the model has {outputs} outputs but {names} class names were given; "
+                   + ("the last names are not used" if names > outputs else
+                      f"outputs {names} to {outputs - 1} are called 'class i'"))
+        log.warning("--labels: %s", message)
+        model.notes.append(f"Class names: {message}.")
 
 
 def run_order(techniques: list[Any]) -> list[Any]:
@@ -142,6 +168,7 @@ def audit_record(
     seconds: float,
     sections: list[Section],
     layout: str = "contiguous",
+    head: Head | None = None,
 ) -> dict[str, Any]:
     """What a reviewer needs to reproduce the audit: model, data hashes, versions, device, input layout
     (AuditContext.memory_format: it changes float rounding), options."""
@@ -159,8 +186,12 @@ def audit_record(
             "state_dict_sha256": model.sha256,
             "files_sha256": model.file_sha256,
             "preprocess": model.preprocess.describe(),
-            "input_size": [3, model.preprocess.crop, model.preprocess.crop],
+            "input_size": [model.preprocess.channels, *model.preprocess.crop_size],
             "classes": len(model.class_names) or None,
+            "head": None if head is None else {"kind": head.kind, "rule": head.describe(), "reason": head.reason},
+            "output": model.output,
+            "checkpoint": model.checkpoint,
+            "preprocess_source": model.preprocess_source,
             "notes": model.notes,
         },
         "images": {
@@ -190,6 +221,7 @@ def audit_record(
             {"name": s.technique, "seconds": round(s.seconds, 3), "status": "failed" if s.error else "ok"}
             for s in sections
         ],
+        "maps": maps_record(sections),  # maps.safetensors: file, sha256, keys (None when nothing was kept)
     }
 
 

@@ -94,7 +94,10 @@ class _StderrWarnings(logging.Handler):
     """Library warnings (a skipped image, say) as one plain line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.secho(f"warning: {record.getMessage()}", fg="yellow", err=True)
+        from auditor.progress import TerminalProgress
+
+        line = f"warning: {record.getMessage()}"
+        TerminalProgress.write(click.style(line, fg="yellow") if sys.stderr.isatty() else line)  # above any bar
 
 
 def _setup_logging() -> None:
@@ -104,9 +107,11 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-def _progress(name: str, index: int, total: int) -> None:
-    if sys.stderr.isatty():
-        click.echo(f"[{index + 1}/{total}] {name}", err=True)
+def _progress(quiet: bool) -> Any:
+    """A bar per technique on a terminal (auditor.progress), unless --quiet; nothing without a terminal."""
+    from auditor.progress import NO_PROGRESS, TerminalProgress
+
+    return TerminalProgress(sys.stderr) if sys.stderr.isatty() and not quiet else NO_PROGRESS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -137,8 +142,8 @@ def run(**params: Any) -> None:
             from auditor.techniques.architecture.tensorboard import require_tensorboard
 
             require_tensorboard()  # fail before the audit, not in its section
-        report = run_audit(options=options, progress=_progress)
-        if sys.stderr.isatty():
+        report = run_audit(options=options, progress=_progress(options.quiet))
+        if sys.stderr.isatty() and not options.quiet:
             click.echo("writing report" + (" and PDF" if options.pdf else ""), err=True)
         written = write_report(report, options.out, pdf=options.pdf, figures=options.figures)
     except AuditorError as error:
@@ -190,6 +195,40 @@ def layers(model: str, weights: str, trust_pickle: bool, depth: int | None) -> N
         raise click.ClickException(str(error)) from None
     for line in layer_listing(loaded.module, depth):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", default="compare-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the compare report's report.html, report.json and report.pdf.")
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="Also write report.pdf.")
+@click.option("--figures", is_flag=True, help="Also write every figure and table as its own file in OUT/figures/.")
+def compare(run_a: str, run_b: str, out: str, pdf: bool, figures: bool) -> None:
+    """Compare two report folders of `auditor run`: records, changed predictions, accuracy, map similarity, trust."""
+    from auditor.compare import compare_runs, load_run
+    from auditor.report import output_folder, write_report
+
+    try:
+        output_folder(out)
+        report = compare_runs(load_run(run_a, "RUN_A"), load_run(run_b, "RUN_B"))
+        written = write_report(report, out, pdf=pdf, figures=figures)
+    except AuditorError as error:
+        raise click.ClickException(str(error)) from None
+    for kind, path in written.items():
+        click.echo(f"{kind}: {path}")
+
+
+@cli.command()
+@click.argument("kind", default="report", type=click.Choice(["report", "compare"]))
+def schema(kind: str) -> None:
+    """Print the JSON Schema (draft 2020-12) of report.json: KIND report (auditor run, the default) or compare
+    (auditor compare)."""
+    from auditor.report.schema import schema_kinds, schema_text
+
+    if kind not in schema_kinds():
+        raise click.ClickException(f"no schema of kind {kind!r} in this version; known: {', '.join(schema_kinds())}")
+    click.echo(schema_text(kind), nl=False)
 
 
 def main() -> None:

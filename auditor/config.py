@@ -85,6 +85,22 @@ def _size(value: str) -> int | tuple[int, int]:
     return sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[0], sides[1])
 
 
+def _colormap(name: str) -> str:
+    """A matplotlib colour map's name, or a ValueError naming the close ones (matplotlib imported only here)."""
+    import difflib
+
+    from matplotlib import colormaps
+
+    if name in colormaps:
+        return name
+    known = list(colormaps)
+    lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=4, cutoff=0.6)
+    hint = (f"close names: {', '.join(lower[c] for c in close)}" if close
+            else "for example cividis, viridis, jet, inferno, magma or gray")
+    raise ValueError(f"{name!r} is not a matplotlib colour map; {hint}")
+
+
 _NAMES, _TRIPLE = _Parsed(split_names), _Parsed(_triple)
 
 
@@ -108,7 +124,7 @@ class RunOptions:
                                    "in the report; class: a name or index); rows override subfolder labels.",
                                    type=click.Path(dir_okay=False))
     input_size: int | tuple[int, int] | None = _flag(None, "Input size fed to the model (center crop): N for N x N, "
-                                                     "or H,W for a model trained on non-square inputs.",
+                                                     "or H,W (height, width) for a model trained on rectangular inputs.",
                                                      type=_Parsed(_size, "N|H,W"))
     channels: int | None = _flag(None, "Input channels the model takes: 1 (grayscale), 3 (RGB) or 4 (RGBA). "
                                  "Default: read from the first convolution.", type=click.IntRange(1, 4))
@@ -124,7 +140,15 @@ class RunOptions:
                      type=click.Path(file_okay=False))
     pdf: bool = _flag(True, "Also write report.pdf.")
     figures: bool = _flag(False, "Also write every figure as its own file in OUT/figures/ (PNG/JPEG, SVG where "
-                          "vector), named figNN-technique-subject.")
+                          "vector, with a PDF copy of each SVG), named figNN-technique-subject, every table as CSV, "
+                          "and figures/figures.tex: every figure and table for a LaTeX document (needs only "
+                          "graphicx and booktabs; \\input{figures/figures.tex}).")
+    figure_dpi: int = _flag(200, "With --figures: pixels per inch of the raster figure files, at the size each "
+                            "figure prints in report.pdf (96 pixels per inch, at most the text width); "
+                            "figures.tex includes them at that size.", type=click.IntRange(50, 1200))
+    colormap: str = _flag("jet", "Matplotlib colour map of the saliency overlays, heat maps and their colour bars "
+                          "(default jet: blue low, red high). For colour-blind readers and grayscale print choose "
+                          "cividis or viridis.", type=_Parsed(lambda name: _colormap(name), "NAME"))
     device: str = _flag("auto", "cpu, cuda, cuda:N, or auto (CUDA when present).")
     seed: int = _flag(0, "Random seed: same inputs and seed, same numbers.")
     batch_size: int = _flag(16, "Images per forward pass.", type=click.IntRange(1))
@@ -138,6 +162,8 @@ class RunOptions:
                                     "(needs tensorboard).", type=click.Path(file_okay=False))
     strict: bool = _flag(False, "Stop at the first failing technique and show its traceback (default: report the "
                          "failure in its section and go on).")
+    quiet: bool = _flag(False, "No progress bars on the terminal (there are none without one); warnings and "
+                        "errors still go to stderr, one line each.")
     settings: dict[str, Any] = field(default_factory=dict)  # options the techniques declare, by key
     extra: dict[str, str] = field(default_factory=dict, metadata={"flag": Flag(
         "An option for a plugin technique that declares none (repeatable), read from options.extra.",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping
 from functools import cached_property
-from typing import Any
 
 import torch
 from PIL import Image
@@ -20,7 +19,10 @@ from auditor.errors import AuditorError
 from auditor.forward import Forward, forward_pass, output_class_names
 from auditor.inputs.images import Gallery, ImageSet
 from auditor.inputs.models import LoadedModel
+from auditor.inputs.models.heads import Head, choose_head
 from auditor.nn.memory_format import preferred_layout
+from auditor.progress import NO_PROGRESS, Progress
+from auditor.shared import SharedResults
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,17 +46,20 @@ class AuditContext:
     - `batches()` and `inputs(indices)`: input batches on the device, `--batch-size` at a time;
     - `forward` (Forward: logits, probabilities, top-k of every image), `class_names`, `gallery`;
     - `requires_grad`: the user's own requires_grad flags, by parameter name;
-    - `shared`: results a technique publishes for those that run after it (see `after` in the registry).
+    - `shared`: results a technique publishes for those that run after it (see `after` in the registry);
+    - `progress` (auditor.progress): `ctx.progress(total, unit)` gives an advance(n=1) for a long loop, or
+      `ctx.progress.each(items, unit)` wraps one; shown as a bar on a terminal, nothing elsewhere.
     """
 
     def __init__(self, model: LoadedModel, images: ImageSet, options: RunOptions, device: torch.device,
-                 requires_grad: Mapping[str, bool]) -> None:
+                 requires_grad: Mapping[str, bool], progress: Progress = NO_PROGRESS) -> None:
         self.model = model
         self.images = images
         self.options = options
         self.device = device
         self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
-        self.shared: dict[str, Any] = {}  # results a technique publishes for later ones (see `after` in registry)
+        self.progress = progress  # what the long loops report as they go (auditor.progress)
+        self.shared = SharedResults()  # typed results a technique publishes for later ones (auditor.shared)
         images.gallery = None  # chosen anew for this audit, once its predictions are known
 
     def with_batch_size(self, batch_size: int) -> AuditContext:
@@ -91,27 +96,40 @@ class AuditContext:
         input); the usual one for a model without convolutions, where the layout cannot matter."""
         if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.module.modules()):
             return torch.contiguous_format
-        crop = self.model.preprocess.crop
+        preprocess = self.model.preprocess
         dtype = next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.float32)
-        probe = torch.randn(1, 3, crop, crop, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        probe = torch.randn(1, preprocess.channels, *preprocess.crop_size, generator=torch.Generator().manual_seed(0),
+                            dtype=dtype)
         return preferred_layout(self.module, probe.to(self.device))
 
     def photo(self, index: int, size: int | None = None) -> Image.Image:
-        """Image `index` as the model saw it (crop, before normalisation), resized to size × size if given."""
+        """Image `index` as the model saw it (crop, before normalisation, an alpha channel composited on white),
+        resized to size × size if given."""
         image = self.images.photo(index)
+        if image.mode == "RGBA":
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
         return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
 
     @cached_property
     def forward(self) -> Forward:
         """One batched, gradient-free forward pass over all images, computed once and shared."""
-        return forward_pass(self.module, (batch for _, batch in self.batches()), self.options.top_k,
-                            self.model.spec)
+        advance = self.progress(len(self.images), "images")
+        logits = forward_pass(self.module, (batch for _, batch in self.batches() if not advance(len(batch))),
+                              self.model.spec)
+        head = choose_head(self.options.head, logits.shape[1], binary=self.model.binary,
+                           multi_label=self.model.multi_label, threshold=self.options.threshold)
+        return Forward.of(logits, head, self.options.top_k)
+
+    @property
+    def head(self) -> Head:
+        """How scores become probabilities (softmax, sigmoid or binary): every technique uses this one."""
+        return self.forward.head
 
     @cached_property
     def gallery(self) -> Gallery:
         """At most `--gallery-images` images for galleries, chosen by ImageSet.choose_gallery's stated rule."""
-        return self.images.choose_gallery(self.forward.top_probabilities[:, 0].tolist(),
-                                          self.forward.top_indices[:, 0].tolist(), self.options.gallery_images)
+        return self.images.choose_gallery(self.forward.top_probabilities[:, 0].tolist(), self.forward.predicted,
+                                          self.options.gallery_images)
 
     def gallery_indices(self) -> list[int]:
         """The images a gallery shows, in the gallery's order (every number still counts all images)."""

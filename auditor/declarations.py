@@ -28,6 +28,31 @@ class Predictions:
         return predictions_section(self, ctx)
 
 
+class Performance:
+    name: ClassVar[str] = "performance"
+    title: ClassVar[str] = "Model performance: confusions, per-class scores and calibration"
+    summary: ClassVar[str] = ("With labelled images: accuracy, top-k, balanced accuracy, macro and weighted F1, a "
+                              "confusion matrix, per-class precision / recall / F1, calibration (ECE, reliability "
+                              "diagram) and the most confused pairs with the Grad-CAM of both classes.")
+    after: ClassVar[tuple[str, ...]] = ("cam",)  # explains its examples at the CAM section's layer
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("confused-pairs", "Most confused pairs (true class predicted as another) listed.", default=10,
+               kind="int", low=1, high=1000, metavar="N"),
+        Option("confused-examples", "Of those, the first N are shown on their images with the Grad-CAM of the "
+                                    "true and the predicted class (0: none).", default=3, kind="int", low=0,
+               high=20, metavar="N"),
+        Option("confused-images", "Images shown per confused pair, the most confident mistakes first.", default=2,
+               kind="int", low=1, high=8, metavar="N"),
+        Option("matrix-classes", "Confusion matrix: most classes drawn; beyond, the classes with the most errors.",
+               default=40, kind="int", low=2, high=200, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.performance import performance_section
+
+        return performance_section(self, ctx, options.of(self))
+
+
 class Trust:
     name: ClassVar[str] = "trust"
     title: ClassVar[str] = "How far to trust each explanation"
@@ -134,8 +159,9 @@ class ClassActivationMaps:
                metavar="N"),
         Option("cam-classes", "Classes explained on every image (names or indices), also the rows of the "
                               "per-class gallery.", default=(), kind="classes", metavar="A,B"),
-        Option("cam-target", "Score differentiated by Grad-CAM and Grad-CAM++: the logit or the softmax "
-                             "probability.", default="logit", kind="choice", choices=("logit", "prob")),
+        Option("cam-target", "Score differentiated by Grad-CAM and Grad-CAM++: the logit or the probability "
+                             "(softmax, or sigmoid for a sigmoid head).", default="logit", kind="choice",
+               choices=("logit", "prob")),
     )
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:

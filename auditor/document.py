@@ -7,6 +7,8 @@ except image bytes, which report.json replaces by figure file names and captions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from typing import Any, Protocol, Union
 
 
@@ -95,15 +97,42 @@ class Section:
     error: str | None = None  # one line: what went wrong, when the technique raised
     error_detail: str | None = None  # the traceback, for plugin authors
     seconds: float = 0.0
+    # arrays kept for later in maps.safetensors (auditor.report.maps), not shown: "<image sha256>/<method>" ->
+    # a numpy array (the CAM section's top-class maps, float16); each key once across the sections
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line at the top of the report: what the audit found, the number it cites and the rule behind it."""
+
+    text: str  # one sentence, citing its number
+    section: str  # the technique whose section holds the evidence (its anchor), or "appendix"
+    value: Any  # the number (or names) the sentence cites, for report.json
+    rule: str  # when the finding is made, stated beside it
 
 
 @dataclass
 class Report:
-    """Everything the renderers need: the audit record and the sections, in order."""
+    """Everything the renderers need: the audit record, the sections in order, and the findings over them."""
 
     record: dict[str, Any]
     sections: list[Section]
+    findings: list[Finding] = field(default_factory=list)  # auditor.sections.findings, once every section ran
 
     @property
     def failed(self) -> list[Section]:
         return [s for s in self.sections if s.error is not None]
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the report inline: the same HTML as report.html (auditor.report.html.render_html)."""
+        from auditor.report.html import render_html  # the renderers load only when asked for
+
+        return render_html(self)
+
+    def save(self, out: str | PathLike[str], *, pdf: bool = True, figures: bool = False) -> dict[str, Path]:
+        """Write report.html, report.json (and report.pdf, figures/) into `out`, as `auditor run` does
+        (auditor.report.write_report: all or nothing); the written files by kind."""
+        from auditor.report import write_report
+
+        return write_report(self, out, pdf=pdf, figures=figures)

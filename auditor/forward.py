@@ -10,6 +10,7 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.inputs.models import imagenet_class_names
+from auditor.inputs.models.heads import Head
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,17 @@ class Forward:
     """The model's outputs on every image, on the CPU."""
 
     logits: torch.Tensor  # N x classes
-    probabilities: torch.Tensor  # softmax of logits
+    probabilities: torch.Tensor  # the head's probabilities of the logits
     top_probabilities: torch.Tensor  # N x k, descending
     top_indices: torch.Tensor  # N x k
+    predicted: list[list[int]]  # each image's predicted classes (the head's rule; several when multi-label)
+    head: Head
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, head: Head, top_k: int) -> Forward:
+        probabilities = head.probabilities(logits)
+        top = probabilities.topk(min(top_k, logits.shape[1]), dim=1)
+        return cls(logits, probabilities, top.values, top.indices, head.predicted(probabilities), head)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -30,8 +39,8 @@ def is_out_of_memory(error: BaseException) -> bool:
                                                                                   "can't allocate memory"))
 
 
-def forward_pass(module: nn.Module, batches: Iterable[torch.Tensor], top_k: int, spec: str) -> Forward:
-    """`module` on every batch under inference mode, the logits gathered on the CPU, the top-k taken.
+def forward_pass(module: nn.Module, batches: Iterable[torch.Tensor], spec: str) -> torch.Tensor:
+    """`module` on every batch under inference mode: the logits [N, classes], gathered on the CPU.
 
     `spec` names the model in the one-line errors: a model that returns no batch x classes tensor, or
     that cannot take inputs of this size (then --input-size is what to change).
@@ -46,10 +55,7 @@ def forward_pass(module: nn.Module, batches: Iterable[torch.Tensor], top_k: int,
                     f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
                 )
             outputs.append(logits.float().cpu())
-    logits = torch.cat(outputs)
-    probabilities = logits.softmax(dim=1)
-    top = probabilities.topk(min(top_k, logits.shape[1]), dim=1)
-    return Forward(logits, probabilities, top.values, top.indices)
+    return torch.cat(outputs)
 
 
 def _logits(module: nn.Module, batch: torch.Tensor, spec: str) -> object:
@@ -60,9 +66,12 @@ def _logits(module: nn.Module, batch: torch.Tensor, spec: str) -> object:
         if is_out_of_memory(error):
             raise
         first = next(iter(str(error).splitlines()), type(error).__name__)
-        raise AuditorError(
-            f"--input-size: {spec} fails on {'×'.join(map(str, batch.shape[1:]))} inputs ({first}); "
-            f"give the input size it was built for") from None
+        shape = "×".join(map(str, batch.shape[1:]))
+        if "channels" in first:
+            raise AuditorError(f"--channels: {spec} fails on {shape} inputs ({first}); give the number of input "
+                               f"channels it takes: 1 (grayscale), 3 (RGB) or 4 (RGBA)") from None
+        raise AuditorError(f"--input-size: {spec} fails on {shape} inputs ({first}); give the input size it was "
+                           f"built for") from None
 
 
 def output_class_names(names: Sequence[str], count: int) -> list[str]:

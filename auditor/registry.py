@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "auditor.techniques"
 
 BUILTINS: tuple[str, ...] = (
     "auditor.declarations:Predictions",
+    "auditor.declarations:Performance",
     "auditor.declarations:Trust",
     "auditor.declarations:Architecture",
     "auditor.declarations:Kernels",

@@ -1,10 +1,16 @@
-"""Shared fixtures: tiny_model (a seeded TinyNet), make_image (writes images under tmp_path), and
-lite0_model (the real default model, loaded once per session)."""
+"""Shared fixtures: tiny_model (a seeded TinyNet), make_image (writes images under tmp_path),
+lite0_model (the real default model, loaded once per session) and default_report (the default audit
+with its PDF, run once per session: tests that use it are marked slow); every test runs on one torch
+thread unless OMP_NUM_THREADS says otherwise.
+
+The rest of the toolkit: tests/toolkit.py (snapshot, assert_unchanged, audit, audit_section, CHEAP) and
+tests/fixtures_models.py (tiny, tiny_vit, tiny_swin)."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,19 @@ from tests.fixtures_models import tiny  # noqa: E402
 
 # Model specs for the tiny model: import TINY_FACTORY_IMPORT_SPEC / TINY_FACTORY_FILE_SPEC from
 # tests.fixtures_models ("tests.fixtures_models:tiny" and "/abs/path/tests/fixtures_models.py:tiny").
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread unless OMP_NUM_THREADS asks for more: the tests' inputs are small and gain
+    little from more, and on busy shared cores more threads thrash (the fast run took 8.7 min with two
+    threads on two cores that others were using too)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -50,3 +69,23 @@ def lite0_model():
     from auditor.inputs.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def default_report(tmp_path_factory: pytest.TempPathFactory):
+    """`auditor run --figures` as it comes (EfficientNet-Lite0 on the bundled photos, every technique at
+    its defaults), written once with the PDF and the figure files: (report, {"html": path, ...}).
+    Some 45 s on one core; mark the tests that use it slow."""
+    from auditor import RunOptions, run_audit, write_report
+
+    out = tmp_path_factory.mktemp("default-report")
+    report = run_audit(options=RunOptions(out=str(out)))
+    return report, write_report(report, out, pdf=True, figures=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses default_report is slow, marked or not: the fast run never builds it."""
+    for item in items:
+        if "default_report" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

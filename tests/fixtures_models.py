@@ -1,10 +1,15 @@
-"""Tiny models for tests, importable by spec: `tests.fixtures_models:tiny` or `tests/fixtures_models.py:tiny`."""
+"""Tiny models for tests, importable by spec: `tests.fixtures_models:tiny` or `tests/fixtures_models.py:tiny`.
+
+tiny(): a conv-bn-relu TinyNet; tiny_vit() and tiny_swin(): torchvision's ViT and Swin at sizes that
+run in milliseconds. All seeded (the global RNG is left as it was) and in eval mode.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 TINY_CLASSES = 5
@@ -42,6 +47,27 @@ def tiny(num_classes: int = TINY_CLASSES, seed: int = 0) -> nn.Module:
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def tiny_vit(num_layers: int = 6, seed: int = 0) -> nn.Module:
+    """A torchvision ViT (ViT-B/16's structure: an Encoder holding `num_layers` EncoderBlocks in `layers`)
+    for 32 px inputs: 2 x 2 patches of 16 px and a class token, 8 features, 5 classes. The head is
+    re-initialised, not zero as torchvision leaves it, so that the class scores depend on the image."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=num_layers,
+                                                     num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=TINY_CLASSES)
+        nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model.eval()
+
+
+def tiny_swin(seed: int = 0) -> nn.Module:
+    """A two-stage torchvision Swin with channels-last maps: 8 x 8 x 12 then 4 x 4 x 24 at 32 px, 5 classes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[1, 1], num_heads=[1, 2],
+                                                   window_size=[2, 2], num_classes=TINY_CLASSES)
     return model.eval()
 
 

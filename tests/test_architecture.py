@@ -37,6 +37,8 @@ from auditor.techniques.architecture.graph import (
     trace,
 )
 from auditor.techniques.architecture.table import layer_rows, transparent, unit_at_depth
+from tests.fixtures_models import tiny_vit
+from tests.toolkit import assert_unchanged, snapshot
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -156,12 +158,13 @@ def test_totals_match_torchinfo(name: str, size: int):
     """MACs depend on the input size, so both count at the same size; the match is exact."""
     torchinfo = pytest.importorskip("torchinfo")
     model = getattr(torchvision.models, name)(weights=None).eval()
+    before = snapshot(model)
     section = run(model, size)
     stats = torchinfo.summary(model, input_size=(1, 3, size, size), verbose=0)
     assert section.metrics["total_parameters"] == stats.total_params
     assert section.metrics["trainable_parameters"] == stats.trainable_params
     assert section.metrics["total_macs"] == stats.total_mult_adds
-    assert all(not m._forward_hooks for m in model.modules())  # torchinfo's and ours are gone
+    assert_unchanged(model, before)  # torchinfo's hooks and ours are gone
 
 
 def test_resnet_collapses_repeated_blocks_at_depth_one():
@@ -235,26 +238,20 @@ def test_tall_graphs_wrap_into_columns():
     assert "constraint=false" not in to_dot(chain, "M")
 
 
-def hooks_everywhere(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def test_model_is_left_unchanged():
     model = Gated().train()
     model.fc.requires_grad_(False)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     run(model, 8)
-    assert hooks_everywhere(model) == 0
-    assert all(m.training for m in model.modules())
-    assert [p.requires_grad for p in model.parameters()] == [True, True, False, False]
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert_unchanged(model, before)
 
 
 def test_hooks_are_removed_when_the_forward_raises():
     model = Broken()
+    before = snapshot(model)
     with pytest.raises(RuntimeError, match="on purpose"):
         run(model, 8)
-    assert hooks_everywhere(model) == 0
+    assert_unchanged(model, before)
 
 
 def test_graph_depth_below_one_is_a_user_error():
@@ -286,6 +283,7 @@ def test_tensorboard_missing_is_a_clear_error(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_default_model(lite0_model):
     model = lite0_model.module
+    before = snapshot(model)
     section = run(model, 224)
     m = section.metrics
     assert m["total_parameters"] == sum(p.numel() for p in model.parameters()) == 4_652_008
@@ -294,7 +292,7 @@ def test_default_model(lite0_model):
     svg = svg_of(section)
     assert "16×112×112" in svg and "3 × MBConvBlock" in svg
     assert m["graph"] == {"kind": "torch.fx", "depth": 1, "boxes": 13}
-    assert hooks_everywhere(model) == 0
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -339,23 +337,15 @@ def record_calls_with(model: nn.Module, *inputs: torch.Tensor):
 
 def test_vision_transformer_counts_its_attention():
     """torchinfo misses MultiheadAttention's projections (functional calls); ours are in, by hand."""
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
-                                                 hidden_dim=8, mlp_dim=16, num_classes=3).eval()
-    section = run(model, 32)
+    section = run(tiny_vit(num_layers=1), 32)
     tokens, embed = 2 * 2 + 1, 8
     attention = 4 * tokens * (embed * embed + embed) + 2 * tokens * tokens * embed
     row = next(r for r in section.metrics["layers"] if r["name"] == "encoder.layers.encoder_layer_0.self_attention")
     assert row["macs"] == attention
 
 
-def tiny_vit() -> nn.Module:
-    """ViT-B/16's module structure (Encoder holding 12 EncoderBlocks in `layers`) at a size that runs in a blink."""
-    return torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=2,
-                                                hidden_dim=8, mlp_dim=16, num_classes=3).eval()
-
-
 def test_vit_graph_collapses_the_encoder_layers_with_their_count():
-    model = tiny_vit()
+    model = tiny_vit(num_layers=12)
     graph = collapse_runs(fx_graph(trace(model, torch.zeros(1, 3, 32, 32)), model, 1))
     dot = to_dot(graph, "ViT")
     assert "encoder.layers\\n12 × EncoderBlock\\n5×8" in dot  # 4 patches + the class token, 8 features
@@ -369,7 +359,7 @@ def structure_and_full(section: Section) -> tuple[Any, Any]:
 
 
 def test_structure_table_sums_blocks_and_folds_the_full_table():
-    section = run(tiny_vit(), 32)
+    section = run(tiny_vit(num_layers=12), 32)
     structure, full = structure_and_full(section)
     assert (structure.key, structure.folded, full.key, full.folded) == (
         "architecture-structure", False, "architecture-layers", True)
@@ -388,15 +378,15 @@ def test_structure_table_sums_blocks_and_folds_the_full_table():
 
 
 def test_table_depth_zero_shows_only_the_full_table():
-    section = run(tiny_vit(), 32, settings={"table_depth": 0})
+    section = run(tiny_vit(num_layers=12), 32, settings={"table_depth": 0})
     tables = [b for b in section.blocks if hasattr(b, "footer")]
     assert [(t.key, t.folded) for t in tables] == [("architecture-layers", False)]
     assert section.metrics["table_depth"] == 0
 
 
 def test_deeper_table_opens_blocks_and_keeps_totals():
-    shallow, _ = structure_and_full(run(tiny_vit(), 32, settings={"table_depth": 1}))
-    deeper, full = structure_and_full(run(tiny_vit(), 32, settings={"table_depth": 2}))
+    shallow, _ = structure_and_full(run(tiny_vit(num_layers=12), 32, settings={"table_depth": 1}))
+    deeper, full = structure_and_full(run(tiny_vit(num_layers=12), 32, settings={"table_depth": 2}))
     assert len(shallow.rows) < len(deeper.rows) < len(full.rows)
     assert deeper.footer == shallow.footer == full.footer
     names = [row[0] for row in deeper.rows]
@@ -409,7 +399,7 @@ def test_a_table_as_short_as_the_full_one_is_not_repeated():
 
 
 def test_stage_wrappers_are_transparent_but_blocks_are_not():
-    vit = tiny_vit()
+    vit = tiny_vit(num_layers=12)
     assert transparent(vit.encoder) and transparent(vit.encoder.layers)
     assert not transparent(vit.encoder.layers[0])  # an EncoderBlock: LayerNorm, attention, MLP, all different
     dense = torchvision.models.densenet121(weights=None)

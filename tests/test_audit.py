@@ -9,8 +9,9 @@ import torch
 from plugin_fixture import install_fake_plugin
 from torch import nn
 
-from auditor import RunOptions, load_images, load_model, run_audit
+from auditor import RunOptions, run_audit
 from auditor.report.manifest import render_json
+from tests.toolkit import CHEAP, assert_unchanged, audit, audit_section, snapshot
 
 
 def _tiny_classifier() -> nn.Module:
@@ -26,21 +27,13 @@ def test_user_model_is_returned_exactly_as_given() -> None:
     module[0].weight.requires_grad_(False)
     calls = []
     module[2].register_forward_hook(lambda *args: calls.append(1))
-    before_state = {k: v.clone() for k, v in module.state_dict().items()}
-    before_modes = [m.training for m in module.modules()]
-    before_grad = [p.requires_grad for p in module.parameters()]
-    before_hooks = [dict(m._forward_hooks) for m in module.modules()]
+    before = snapshot(module)
 
-    model = load_model(module)
-    images = load_images(None, model.preprocess)
-    report = run_audit(model, images, RunOptions())
+    report = audit(module, **CHEAP)  # every technique, on 32 px inputs
 
     assert [s.error for s in report.sections] == [None] * len(report.sections)
     assert len(report.sections) >= 5  # every built-in ran on it
-    assert [m.training for m in module.modules()] == before_modes
-    assert [p.requires_grad for p in module.parameters()] == before_grad
-    assert [dict(m._forward_hooks) for m in module.modules()] == before_hooks
-    assert all(torch.equal(before_state[k], v) for k, v in module.state_dict().items())
+    assert_unchanged(module, before)
     assert calls, "the user's own hook must still run during the audit"
     assert report.record["model"]["classes"] is None
     assert len(report.sections[0].metrics["images"][0]["top"]) == 3  # top-k capped at the 3 classes
@@ -93,14 +86,13 @@ def test_batch_size_does_not_change_the_numbers() -> None:
 def test_trainable_parameters_are_counted_as_the_user_set_them() -> None:
     module = _tiny_classifier()
     module[0].requires_grad_(False)  # a frozen first conv: 3*4*9 + 4 = 112 parameters
-    report = run_audit(load_model(module), options=RunOptions(techniques=("architecture",)))
-    metrics = report.sections[0].metrics
+    metrics = audit_section(module, "architecture", size=None).metrics
     assert metrics["total_parameters"] == 112 + 8 + 15
     assert metrics["trainable_parameters"] == 8 + 15
 
 
 def test_random_weights_are_reproducible_from_the_seed() -> None:
-    options = RunOptions(model="resnet18", weights="none", techniques=("predictions",), seed=5)
+    options = RunOptions(model="mobilenet_v3_small", weights="none", input_size=64, techniques=("predictions",), seed=5)
     first, second = run_audit(options=options), run_audit(options=options)
     assert first.record["model"]["state_dict_sha256"] == second.record["model"]["state_dict_sha256"]
     other = run_audit(options=options.replace(seed=6))

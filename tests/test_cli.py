@@ -46,12 +46,13 @@ def test_run_writes_the_report(runner: CliRunner, tmp_path: Path) -> None:
     assert [t["class"] for t in top][0] == "espresso" and len(top) == 3
 
 
-def test_progress_shows_on_a_terminal(monkeypatch, capsys) -> None:
+def test_progress_shows_on_a_terminal_unless_quiet(monkeypatch) -> None:
     from auditor import cli as cli_module
+    from auditor.progress import NO_PROGRESS, TerminalProgress
 
     monkeypatch.setattr(cli_module.sys.stderr, "isatty", lambda: True)
-    cli_module._progress("grad-cam", 1, 4)
-    assert capsys.readouterr().err == "[2/4] grad-cam\n"
+    assert isinstance(cli_module._progress(quiet=False), TerminalProgress)
+    assert cli_module._progress(quiet=True) is NO_PROGRESS  # tests/test_progress.py runs it under a terminal
 
 
 def test_positional_images_and_mean_std_overrides(runner: CliRunner, tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_techniques_lists_builtins_and_plugins(runner, tmp_path, monkeypatch) ->
     result = _invoke(runner, "techniques")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert [line.split()[0] for line in lines[:3]] == ["predictions", "trust", "architecture"]
+    assert [line.split()[0] for line in lines[:3]] == ["predictions", "performance", "trust"]
     assert re.search(r"^listed\s+Counts the images \(a test plugin\)\.\s+\[fake-plugin-listed", result.output, re.M)
 
 

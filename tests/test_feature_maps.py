@@ -9,25 +9,13 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.techniques.feature_maps import capture, strongest_channels
+from tests.toolkit import assert_unchanged, snapshot
 
 
 @pytest.fixture(scope="module")
 def resnet18() -> torch.nn.Module:
     torch.manual_seed(0)
     return tvm.resnet18(weights=None).eval()
-
-
-def _state(model: torch.nn.Module) -> tuple:
-    return ({n: m.training for n, m in model.named_modules()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def _same_state(model: torch.nn.Module, state: tuple) -> bool:
-    training, flags, tensors = _state(model)
-    return (training == state[0] and flags == state[1] and tensors.keys() == state[2].keys()
-            and all(torch.equal(tensors[k], state[2][k]) for k in tensors)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))
 
 
 def test_capture_equals_the_model_run_stage_by_stage(resnet18):
@@ -57,11 +45,11 @@ def test_shared_modules_and_non_maps_are_refused_and_leave_no_hooks():
     resnet18 = tvm.resnet18(weights=None)
     resnet18.eval().layer3.train()  # a mixed-mode model: capture runs in eval mode and restores this
     resnet18.fc.weight.requires_grad_(False)
-    state = _state(resnet18)
+    before = snapshot(resnet18)
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(AuditorError, match=r"^--feature-layers: 'layer1.0.relu' ran 2 times in one forward pass"):
         capture(resnet18, ["layer1", "layer1.0.relu"], x)
-    assert _same_state(resnet18, state)
+    assert_unchanged(resnet18, before)
     with pytest.raises(AuditorError, match=r"^--feature-layers: 'fc' outputs \(2, 1000\), not a feature map"):
         capture(resnet18, ["fc"], x)
     with pytest.raises(AuditorError, match=r"^--feature-layers: resnet has no layer 'layer5'"):
@@ -69,7 +57,7 @@ def test_shared_modules_and_non_maps_are_refused_and_leave_no_hooks():
     with pytest.raises(AuditorError, match=r"^--feature-layers: resnet18 has no layer .layer5."):
         capture(resnet18, ["layer5"], x, model_name="resnet18")
     capture(resnet18, ["layer3"], x)
-    assert _same_state(resnet18, state)
+    assert_unchanged(resnet18, before)
 
 
 @pytest.mark.slow
@@ -107,8 +95,9 @@ def test_channels_last_maps_and_tokens_come_back_channels_first():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 8, stride=8), Permute([0, 2, 3, 1]), Permute([0, 3, 1, 2]), Tokens())
     x = torch.randn(2, 3, 32, 32)
+    before = snapshot(model)
     maps = capture(model, ["1", "3"], x)
     with torch.no_grad():
         expected = model[0](x)
     assert torch.equal(maps["1"], expected) and torch.equal(maps["3"], expected)  # exact: a pure rearrangement
-    assert not any(m._forward_hooks for m in model.modules())
+    assert_unchanged(model, before)

@@ -1,5 +1,6 @@
 """BatchNorm folding: the folded network computes what the model computes, without a BatchNorm call,
-and the model is exactly as before afterwards; pairs that cannot be folded are left alone."""
+and the model is exactly as before afterwards (the same tensor objects, no attribute left on a module);
+pairs that cannot be folded are left alone."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from auditor.nn.folding import conv_norm_pairs, folded_batch_norms
 from auditor.nn.hooks import truncated_forward
 from auditor.nn.restore import audit_mode
 from tests.fixtures_models import tiny
+from tests.toolkit import assert_unchanged, snapshot
 
 
 class BatchNormCalls(TorchFunctionMode):
@@ -53,20 +55,6 @@ def randomise_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def snapshot(model: nn.Module) -> dict[str, object]:
-    return {"tensors": {k: (v, v.clone()) for k, v in model.state_dict(keep_vars=True).items()},
-            "dicts": [sorted(vars(m)) for m in model.modules()],
-            "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]}
-
-
-def assert_as_before(model: nn.Module, before: dict[str, object]) -> None:
-    after = model.state_dict(keep_vars=True)
-    for name, (tensor, values) in before["tensors"].items():
-        assert after[name] is tensor and torch.equal(tensor, values), name
-    assert [sorted(vars(m)) for m in model.modules()] == before["dicts"]  # no forward left on an instance
-    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == before["hooks"]
-
-
 def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with truncated_forward(model, layer) as run, torch.no_grad():
         return run(x)
@@ -88,7 +76,7 @@ def test_tiny_net_folds_both_pairs_and_matches_the_hand_folded_weights():
         torch.testing.assert_close(conv.bias, hand_bias, rtol=1e-12, atol=1e-12)
     assert folded == 2 and counter.count == 0
     torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)  # float64: rounding only
-    assert_as_before(model, before)
+    assert_unchanged(model, before)
 
 
 def test_resnet18_folds_every_pair_before_the_layer_and_agrees_in_float32():
@@ -103,7 +91,7 @@ def test_resnet18_folds_every_pair_before_the_layer_and_agrees_in_float32():
         output = layer_output(model, layer, x)
     assert folded == 10 and counter.count == 0
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
-    assert_as_before(model, before)
+    assert_unchanged(model, before)
 
 
 def test_a_convolution_output_used_beside_its_norm_is_not_folded():
@@ -115,7 +103,7 @@ def test_a_convolution_output_used_beside_its_norm_is_not_folded():
     with folded_batch_norms(model, model.out, x) as folded:
         assert folded == 0  # the check on the example finds the folded output differs
         assert torch.equal(layer_output(model, model.out, x), expected)
-    assert_as_before(model, before)
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("case", ["training", "hooked norm", "hooked convolution", "norm is the layer",
@@ -149,4 +137,4 @@ def test_a_failing_forward_inside_the_block_still_restores_the_model():
     with pytest.raises(RuntimeError, match="channels"), folded_batch_norms(model, model.features[5], x) as folded:
         assert folded == 2
         layer_output(model, model.features[5], torch.randn(1, 5, 16, 16))  # 5 channels where 3 are expected
-    assert_as_before(model, before)
+    assert_unchanged(model, before)

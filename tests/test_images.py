@@ -418,7 +418,7 @@ def test_photo_cache_keeps_only_the_most_recent_crops(make_image, monkeypatch):
     monkeypatch.setattr("auditor.inputs.images.CACHE_SIZE", 2)
     decoded_files = []
     real_decode = decode
-    monkeypatch.setattr("auditor.inputs.images.decode", lambda data: decoded_files.append(data) or real_decode(data))
+    monkeypatch.setattr("auditor.inputs.images.decode", lambda data, **kw: decoded_files.append(data) or real_decode(data, **kw))
     for i in (0, 1, 0, 2, 3):  # 0 is cached when asked again; 2 and 3 push 0 and 1 out
         images.photo(i)
     assert len(decoded_files) == 4

@@ -10,6 +10,7 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.techniques.kernels import conv_layers, default_kernel_layers, kernel_tiles
+from tests.toolkit import assert_unchanged, snapshot
 
 
 def _net(*layers: nn.Module) -> nn.Sequential:
@@ -88,10 +89,10 @@ def test_not_a_2d_convolution_and_bad_channel_are_errors():
 
 
 def test_tiles_are_copies(tiny_model):
-    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    before = snapshot(tiny_model)
     for name in conv_layers(tiny_model):
         kernel_tiles(tiny_model, name).tiles[...] = 0.0
-    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    assert_unchanged(tiny_model, before)
 
 
 @pytest.mark.slow

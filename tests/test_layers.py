@@ -9,26 +9,8 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.nn.layers import resolve_layer, stage_layers
-from auditor.nn.restore import requires_grad_flags
-
-
-def tiny_vit(seed: int = 0) -> nn.Module:
-    """A 6-block torchvision ViT for 32 px inputs (2 x 2 patches + class token), head re-initialised (not zero)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = tvm.VisionTransformer(image_size=32, patch_size=16, num_layers=6, num_heads=2,
-                                      hidden_dim=8, mlp_dim=16, num_classes=5)
-        nn.init.normal_(model.heads.head.weight, std=0.5)
-    return model.eval()
-
-
-def tiny_swin(seed: int = 0) -> nn.Module:
-    """A two-stage torchvision Swin (channels-last maps: 8 x 8 x 12 then 4 x 4 x 24 at 32 px)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = tvm.SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[1, 1], num_heads=[1, 2],
-                                    window_size=[2, 2], num_classes=5)
-    return model.eval()
+from tests.fixtures_models import tiny_swin, tiny_vit
+from tests.toolkit import assert_unchanged, snapshot
 
 
 def test_resolve_layer_by_name_and_by_module(tiny_model):
@@ -73,21 +55,20 @@ STAGES = {
 def test_stage_layers_torchvision(name):
     model = getattr(tvm, name)(weights=None)
     model.train()  # a training-mode model: stage_layers must not update batch-norm statistics or the mode
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = snapshot(model)
     assert stage_layers(model, torch.rand(1, 3, 64, 64)) == STAGES[name]
-    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not any(m._forward_hooks for m in model.modules())
+    assert_unchanged(model, before)
 
 
 @pytest.mark.slow
 def test_stage_layers_lite0_stem_block_groups_head(lite0_model):
     model = lite0_model.module
-    flags = requires_grad_flags(model)
+    before = snapshot(model)
     # Lite0's block groups (channels 16, 24, 40, 80, 112, 192, 320) end at blocks 0, 2, 4, 7, 10, 14, 15
     expected = ["_conv_stem", "_blocks.0", "_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.14",
                 "_blocks.15", "_conv_head"]
     assert stage_layers(model, torch.rand(1, 3, 64, 64)) == expected
-    assert requires_grad_flags(model) == flags and not any(m._forward_hooks for m in model.modules())
+    assert_unchanged(model, before)
 
 
 def test_stage_layers_skips_shared_modules_and_tiny_maps():

@@ -13,7 +13,8 @@ from auditor.errors import AuditorError
 from auditor.nn.hooks import forward_hooks, truncated_forward
 from auditor.techniques import maximization as mx
 from auditor.techniques.parameterization import FourierImage, Jitter, random_affine
-from tests.fixtures_models import tiny
+from tests.fixtures_models import tiny, tiny_swin, tiny_vit
+from tests.toolkit import assert_unchanged, snapshot
 
 LITE0_NORM = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -26,25 +27,6 @@ def conv_stack(stride: int = 1) -> nn.Sequential:
     for conv in model:
         nn.init.ones_(conv.weight)
     return model.eval()
-
-
-def model_state(model: nn.Module) -> dict[str, object]:
-    """Everything maximize must leave as it was: values, training flags, requires_grad and hooks."""
-    return {
-        "values": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
-    }
-
-
-def assert_same_state(before: dict[str, object], after: dict[str, object]) -> None:
-    assert before["training"] == after["training"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["hooks"] == after["hooks"]
-    for key, value in before["values"].items():
-        assert torch.equal(value, after["values"][key]), key
 
 
 @pytest.mark.slow
@@ -105,6 +87,7 @@ def test_forward_stops_at_the_layer():
 
 def test_truncated_forward_returns_the_layer_output_and_none_if_it_never_runs():
     model = tiny()
+    before = snapshot(model)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model.features[1](model.features[0](x))
@@ -112,7 +95,7 @@ def test_truncated_forward_returns_the_layer_output_and_none_if_it_never_runs():
             torch.testing.assert_close(run(x), expected, rtol=0, atol=0)
     with truncated_forward(model, nn.ReLU()) as run:
         assert run(x) is None
-    assert all(not m._forward_hooks for m in model.modules())
+    assert_unchanged(model, before)
 
 
 def test_model_state_unchanged_also_when_raising():
@@ -120,12 +103,12 @@ def test_model_state_unchanged_also_when_raising():
     model.features[0].train()
     model.classifier.weight.requires_grad_(False)
     with forward_hooks([(model.pool, lambda *args: None)]):  # a user's hook must survive
-        before = model_state(model)
+        before = snapshot(model)
         mx.maximize(model, "features.5", [0, 1], size=16, steps=3, method="fourier")
-        assert_same_state(before, model_state(model))
+        assert_unchanged(model, before)
         with pytest.raises(AuditorError, match="--max-channels: 'features.5' has 16 channels"):
             mx.maximize(model, "features.5", [16], size=16, steps=3)
-        assert_same_state(before, model_state(model))
+        assert_unchanged(model, before)
 
         def explode(module, inputs, output):
             if explode.calls == 2:
@@ -135,7 +118,7 @@ def test_model_state_unchanged_also_when_raising():
         with forward_hooks([(model.features[1], explode)]):
             with pytest.raises(RuntimeError, match="boom"):  # fails inside the optimisation loop
                 mx.maximize(model, "features.5", [0], size=16, steps=3, method="pixel")
-        assert_same_state(before, model_state(model))
+        assert_unchanged(model, before)
 
 
 def test_shared_module_and_bad_names_are_refused(lite0_model):
@@ -216,15 +199,13 @@ def test_parameterisations():
 
 
 def test_a_model_of_one_input_size_falls_back_to_it_and_its_tokens_are_channels():
-    from tests.test_layers import tiny_swin, tiny_vit
-
     vit = tiny_vit()
     assert mx.runnable_size(vit, 64, 32) == 32 and mx.runnable_size(tiny(), 48, 32) == 48
     # a block's tokens: 8 channels on a 2 x 2 grid; the ViT refuses 64 px probes, so the field is the whole input
     field = mx.receptive_field(vit, "encoder.layers.encoder_layer_2", 32)
     assert (field.stride, field.extent, field.map_size) == ((0, 0), (32, 32), (2, 2))
     swin = tiny_swin()
-    before = model_state(swin)
+    before = snapshot(swin)
     result = mx.maximize(swin, "features.1", [0, 7], size=32, steps=2, method="pixel")
     assert result.images.shape == (2, 3, 32, 32) and result.activations.shape == (2,)
     with torch.no_grad():  # channel 7 of the [N, 8, 8, 12] channels-last map: its last axis, not a row
@@ -233,7 +214,7 @@ def test_a_model_of_one_input_size_falls_back_to_it_and_its_tokens_are_channels(
                           rtol=1e-5, atol=1e-6)  # float32, same kernels
     with pytest.raises(AuditorError, match="--max-channels: 'features.1' has 12 channels"):
         mx.maximize(swin, "features.1", [12], size=32, steps=1)
-    assert_same_state(before, model_state(swin))
+    assert_unchanged(swin, before)
 
 
 def mx_input(rgb: torch.Tensor) -> torch.Tensor:

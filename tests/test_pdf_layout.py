@@ -1,4 +1,5 @@
-"""The PDF keeps every column and cell of wide tables, and the architecture section stays short.
+"""The PDF keeps every column and cell of wide tables (also in the default report, conftest's
+default_report), and the architecture section stays short.
 
 Word boxes come from poppler's `pdftotext -bbox` (apt-get install poppler-utils), so a column pushed
 past the page edge is caught even when a PDF reader would still extract its text.
@@ -65,6 +66,11 @@ def rows_in_order(rows: list[list[Any]], lines: list[list[tuple[float, float, st
     return missing
 
 
+def past_the_margin(pages: list[list[list[tuple[float, float, str]]]]) -> list[tuple[float, float, str]]:
+    """The words that end right of the text area: columns pushed off the page."""
+    return [word for page in pages for line in page for word in line if word[1] > TEXT_RIGHT_PT + 0.5]  # rounding
+
+
 def full_table(manifest: dict[str, Any]) -> dict[str, Any]:
     return next(b for b in manifest["sections"][0]["blocks"] if b.get("key") == "architecture-layers")
 
@@ -83,8 +89,7 @@ def test_full_layer_table_keeps_every_column_and_cell(tmp_path: Path, model: str
                                                       known: dict[str, int]) -> None:
     pdf, manifest = architecture_report(tmp_path, model, size, table_depth=0)
     pages = page_lines(pdf)
-    words = [word for page in pages for line in page for word in line]
-    overflow = [w for w in words if w[1] > TEXT_RIGHT_PT + 0.5]  # 0.5 pt: rounding
+    overflow = past_the_margin(pages)
     assert not overflow, overflow[:5]
     table_pages = [{w for line in page for _, _, w in line} for page in pages
                    if any(line[0][2] == "module" for line in page)]  # pages with the table's header
@@ -109,3 +114,18 @@ def test_densenet_architecture_section_is_short_and_loses_nothing(tmp_path: Path
     page = (tmp_path / "report.html").read_text()
     folded = page[page.index('<details class="folded">'):]
     assert folded.count("<tr>") >= 366 + 1  # every row, and the header, one click away
+
+
+def test_the_default_report_keeps_every_word_and_structure_row_on_the_page(default_report) -> None:
+    """The default audit's PDF (conftest): every section's tables and captions inside the margins, and
+    the architecture's structure table whole, every row with its numbers."""
+    _, written = default_report
+    pages = page_lines(written["pdf"])
+    assert sum(len(line) for page in pages for line in page) > 500  # words were read: not a vacuous pass
+    overflow = past_the_margin(pages)
+    assert not overflow, overflow[:5]
+    manifest = json.loads(written["json"].read_text())
+    architecture = next(s for s in manifest["sections"] if s["technique"] == "architecture")
+    structure = next(b for b in architecture["blocks"] if b.get("key") == "architecture-structure")
+    lines = [line for page in pages for line in page]
+    assert rows_in_order(structure["rows"] + [structure["footer"]], lines) == []

@@ -22,6 +22,7 @@ from auditor.techniques.reconstructions import (
     guided_backprop,
 )
 from tests.fixtures_models import tiny
+from tests.toolkit import assert_unchanged, snapshot
 
 METHODS = {"guided": guided_backprop, "deconv": deconvnet, "plain": gradient}
 
@@ -175,23 +176,6 @@ def test_torchscript_and_rectifier_free_models_warn_and_give_the_plain_gradient(
         method(partly, x, torch.tensor([0, 1]))
 
 
-def _snapshot(model: nn.Module) -> dict:
-    return {"training": {n: m.training for n, m in model.named_modules()},
-            "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-            "inplace": {n: m.inplace for n, m in model.named_modules() if hasattr(m, "inplace")},
-            "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-            "grads": {n: p.grad for n, p in model.named_parameters()},
-            "hooks": [len(h) for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks,
-                                                                  m._backward_hooks, m._backward_pre_hooks)]}
-
-
-def _assert_same(before: dict, after: dict) -> None:
-    assert before.keys() == after.keys()
-    for key in ("training", "requires_grad", "inplace", "grads", "hooks"):
-        assert before[key] == after[key], key
-    assert all(torch.equal(before["tensors"][k], v) for k, v in after["tensors"].items())
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_model_left_as_found_also_when_raising(method):
     model = tiny()
@@ -200,11 +184,11 @@ def test_model_left_as_found_also_when_raising(method):
     model.classifier.weight.requires_grad_(False)
     x = torch.randn(2, 3, 16, 16)
     x_before = x.clone()
-    before = _snapshot(model)
+    before = snapshot(model)
     run = METHODS[method]
     with pytest.raises(AuditorError, match=r"^targets: class 7 is out of range; the output has 5 classes \(0 to 4\)$"):
         run(model, x, torch.tensor([0, 7]))
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(model, before)
     with pytest.raises(AuditorError, match=r"^targets: channel 16 is out of range; the output has 16 channels"):
         run(model, x, torch.tensor([16, 0]), layer="features.3")
     with pytest.raises(AuditorError, match=r"^--layer: tinynet has no layer 'features.9'"):
@@ -213,14 +197,14 @@ def test_model_left_as_found_also_when_raising(method):
         run(model, x, torch.tensor([0]))
     result = run(model, x, torch.tensor([0, 1]), layer=model.features[5])
     assert result.shape == x.shape and not result.requires_grad
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(model, before)
     assert torch.equal(x, x_before) and not x.requires_grad
 
 
 @pytest.mark.slow
 def test_lite0_shared_relu6_batched(lite0_model):
     model = lite0_model.module
-    before = _snapshot(model)
+    before = snapshot(model)
     x, targets = torch.randn(2, 3, 64, 64), torch.tensor([281, 967])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every ReLU6 call, shared module or not, was replaced: no warning
@@ -229,4 +213,4 @@ def test_lite0_shared_relu6_batched(lite0_model):
     scale = float(batched.abs().max())
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5 * scale)  # batching changes only rounding
     assert (batched - gradient(model, x, targets)).abs().max() > 0.01 * scale
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(model, before)

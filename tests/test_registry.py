@@ -1,22 +1,38 @@
-"""The registry: built-ins in report order, third-party entry points, clashes, selection."""
+"""The registry: built-ins in report order, third-party entry points, broken plugins, clashes, selection."""
 
 from __future__ import annotations
 
 import pytest
-from plugin_fixture import install_fake_plugin
+from plugin_fixture import install_fake_plugin, install_plugin
 
 from auditor.errors import AuditorError, TechniqueClashError
-from auditor.registry import BUILTINS, Technique, discover, select
+from auditor.registry import BUILTINS, discover, select
 
 
 def test_builtins_come_first_in_report_order() -> None:
     found = discover()
     names = list(found)
-    assert names[: len(BUILTINS)] == ["predictions", "trust", "architecture", "kernels", "feature-maps",
-                                      "reconstructions", "cam", "maximization"]
-    for registered in found.values():
-        assert isinstance(registered.technique(), Technique)
-        assert registered.technique.summary.strip()
+    assert names[: len(BUILTINS)] == ["predictions", "performance", "trust", "architecture", "kernels",
+                                      "feature-maps", "reconstructions", "cam", "maximization"]
+    assert all(registered.technique.summary.strip() for registered in found.values())  # `auditor techniques`
+
+
+@pytest.mark.parametrize(("name", "source", "message"), [
+    ("nosummary", "class Bare:\n    name, title = 'nosummary', 'Bare'\n    def run(self, ctx, options): ...\n",
+     r"^technique from fake-plugin-nosummary \(nosummary = fake_plugin_nosummary:Bare\) has no 'summary'; "
+     r"see the README's plugin guide$"),
+    ("badoptions", "class Bare:\n    name, title, summary = 'badoptions', 'Bare', 'x'\n    options = ('depth',)\n"
+                   "    def run(self, ctx, options): ...\n",
+     r"^technique 'badoptions' from fake-plugin-badoptions .*: `options` must be a tuple of auditor.options.Option$"),
+    ("unimportable", "import no_such_module_for_auditor_tests\n",
+     r"^plugin 'unimportable' from fake-plugin-unimportable failed to load: No module named "
+     r"'no_such_module_for_auditor_tests'$"),
+])
+def test_a_plugin_that_is_not_a_technique_is_one_line_naming_it(tmp_path, monkeypatch, name, source, message) -> None:
+    install_plugin(tmp_path, name, f"fake_plugin_{name}", source, "Bare")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(AuditorError, match=message):
+        discover()
 
 
 def test_third_party_entry_point_registers_like_a_builtin(tmp_path, monkeypatch) -> None:

@@ -19,10 +19,9 @@ from auditor.cli import cli
 from auditor.errors import AuditorError
 from auditor.inputs.images import BUNDLED_PHOTOS
 from auditor.registry import discover
+from tests.toolkit import CHEAP, assert_unchanged, audit, audit_section, snapshot
 
 TECHNIQUES = list(discover())
-CHEAP = {"max_steps": 3, "max_size": 32, "trust_steps": 2, "trust_images": 1, "feature_channels": 4,
-         "recon_channels": 1, "cam_top_k": 2, "kernel_count": 8}
 
 
 class UserNet(nn.Module):
@@ -47,19 +46,6 @@ class UserNet(nn.Module):
         return self.fc(self.drop(x.mean(dim=(2, 3))))
 
 
-def snapshot(module: nn.Module) -> dict[str, Any]:
-    return {
-        "state": {k: v.clone() for k, v in module.state_dict().items()},
-        "training": [m.training for m in module.modules()],
-        "requires_grad": [p.requires_grad for p in module.parameters()],
-        "grads": [p.grad for p in module.parameters()],
-        "inplace": [getattr(m, "inplace", None) for m in module.modules()],
-        "hooks": [(dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
-                   dict(getattr(m, "_backward_pre_hooks", {}))) for m in module.modules()],
-        "tree": [(name, type(m)) for name, m in module.named_modules()],
-    }
-
-
 def user_model(fail_after: int | None = None) -> nn.Module:
     torch.manual_seed(0)
     module = UserNet(fail_after)
@@ -70,27 +56,12 @@ def user_model(fail_after: int | None = None) -> nn.Module:
     return module
 
 
-def audit(module: nn.Module, technique: str, **options: Any):
-    model = load_model(module, input_size=32)
-    images = load_images(None, model.preprocess)
-    return run_audit(model, images, RunOptions(techniques=(technique,), device="cpu", gallery_images=2,
-                                               settings=CHEAP, **options))
-
-
-def assert_unchanged(module: nn.Module, before: dict[str, Any]) -> None:
-    after = snapshot(module)
-    assert all(torch.equal(before["state"][k], v) for k, v in after["state"].items()), "parameters changed"
-    for key in ("training", "requires_grad", "grads", "inplace", "hooks", "tree"):
-        assert after[key] == before[key], key
-    assert not torch._C._is_torch_function_mode_enabled(), "a TorchFunctionMode was left active"
-
-
 @pytest.mark.parametrize("technique", TECHNIQUES)
 def test_every_technique_returns_the_model_exactly_as_given(technique: str) -> None:
     module = user_model()
     before = snapshot(module)
-    report = audit(module, technique)
-    assert report.sections[0].error is None, report.sections[0].error_detail
+    section = audit_section(module, technique, **CHEAP)
+    assert section.error is None, section.error_detail
     assert_unchanged(module, before)
 
 
@@ -98,7 +69,7 @@ def test_every_technique_returns_the_model_exactly_as_given(technique: str) -> N
 def test_a_failing_run_leaves_no_hook_and_no_change(technique: str) -> None:
     module = user_model(fail_after=4)  # the layout probe and shared forward pass, the technique's own passes fail
     before = snapshot(module)
-    audit(module, technique)  # fails inside the technique (or not at all, if it needs no forward pass)
+    audit(module, technique, **CHEAP)  # fails inside the technique (or not at all, if it needs no forward pass)
     module.fail_after = None
     assert_unchanged(module, before)
 
@@ -198,9 +169,7 @@ def test_the_same_run_twice_gives_identical_numbers_and_the_seed_changes_only_wh
     from auditor.report.manifest import render_json
 
     def run(seed: int) -> Any:
-        model = load_model(user_model(), input_size=32)
-        options = RunOptions(device="cpu", gallery_images=2, settings=CHEAP, seed=seed)
-        return _numbers(render_json(run_audit(model, load_images(None, model.preprocess), options)))
+        return _numbers(render_json(audit(user_model(), seed=seed, **CHEAP)))
 
     first, second, other = run(0), run(0), run(1)
     assert first == second
@@ -272,10 +241,9 @@ class FixedSize(nn.Module):
 
 
 def test_a_model_that_refuses_the_input_size_is_one_line_naming_input_size() -> None:
-    model = load_model(FixedSize(), input_size=32)
     with pytest.raises(AuditorError, match=r"--input-size: FixedSize fails on 3×32×32 inputs \(Wrong image width! "
                                            r"Expected 64 but got 32!\); give the input size it was built for"):
-        run_audit(model, load_images(None, model.preprocess), RunOptions(techniques=("predictions",), device="cpu"))
+        audit(FixedSize(), "predictions", size=32)
 
 
 def test_a_symlink_loop_under_images_is_not_followed_forever(tmp_path: Path) -> None:

@@ -8,15 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.audit import run_audit
 from auditor.config import RunOptions
 from auditor.context import AuditContext
 from auditor.errors import AuditorError
 from auditor.inputs.images import choose_gallery, decode, load_images
 from auditor.inputs.models import LoadedModel
 from auditor.inputs.preprocess import Preprocess
-from auditor.nn.restore import requires_grad_flags
 from auditor.report.html import render_html
+from tests.toolkit import assert_unchanged, audit, snapshot
 
 COLOURS = ["red", "green", "blue"]
 PLAIN = Preprocess(resize=8, crop=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -102,7 +101,7 @@ def test_the_forward_pass_decodes_each_image_once_a_batch_at_a_time(many_images,
     model = colour_model()
     images = load_images(many_images, model.preprocess)
     decoded = []
-    monkeypatch.setattr("auditor.inputs.images.decode", lambda data: decoded.append(1) or decode(data))
+    monkeypatch.setattr("auditor.inputs.images.decode", lambda data, **kw: decoded.append(1) or decode(data, **kw))
     ctx = AuditContext(model, images, RunOptions(device="cpu", batch_size=16), torch.device("cpu"), {})
     logits = ctx.forward.logits
     assert logits.shape == (300, 3)
@@ -121,12 +120,9 @@ def test_galleries_sample_while_numbers_count_every_image(make_image):
              ("red", "r1", (250, 0, 0)), ("red", "r2", (130, 120, 0)), ("red", "r3", (0, 200, 0))]
     paths = [make_image(f"set/{folder}/{name}.png", size=(16, 12), color=colour) for folder, name, colour in files]
     model = colour_model()
-    images = load_images(paths[0].parent.parent, model.preprocess, model.class_names)
-    state = {k: v.clone() for k, v in model.module.state_dict().items()}
-    flags = requires_grad_flags(model.module)
+    before = snapshot(model.module)
 
-    report = run_audit(model, images, RunOptions(device="cpu", techniques=("predictions",), gallery_images=4,
-                                                 batch_size=3))
+    report = audit(model, "predictions", images=paths[0].parent.parent, gallery_images=4, batch_size=3)
 
     # mistakes: r3 (green, p = 0.523) before b2 (red, p = 0.469); then the least confident of the rest,
     # g2 (0.346 < b3's 0.383 < r2's 0.390), then the most confident: b1, g1 and r1 tie, b1 is first in file order
@@ -147,16 +143,12 @@ def test_galleries_sample_while_numbers_count_every_image(make_image):
     html = render_html(report)
     assert "Galleries show 4 of 8 images: misclassified images first" in html
     assert "The cards show 4 of 8 images: misclassified" in html
-    # the model comes back as it was given: weights, flags, mode and no hooks
-    assert all(torch.equal(state[k], v) for k, v in model.module.state_dict().items())
-    assert requires_grad_flags(model.module) == flags and not model.module.training
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+    assert_unchanged(model.module, before)  # the model comes back as it was given
 
 
 def test_a_long_image_list_is_folded_in_the_html_and_left_out_of_the_pdf(many_images):
     model = colour_model()
-    report = run_audit(model, load_images(many_images, model.preprocess),
-                       RunOptions(device="cpu", techniques=("predictions",), batch_size=64))
+    report = audit(model, "predictions", images=many_images, batch_size=64)
     summary = report.sections[0].blocks[1]
     assert summary.folded and len(summary.rows) == 300
     assert len(report.sections[0].blocks[0].cards) == 6
@@ -170,11 +162,10 @@ def test_a_file_changed_during_the_run_stops_it_and_leaves_the_model_as_given(ma
     model = colour_model()
     model.module.train()
     model.module.linear.bias.requires_grad_(False)
-    flags = requires_grad_flags(model.module)
+    before = snapshot(model.module)
     images = load_images(many_images, model.preprocess)
     make_image("many/150.png", size=(16, 12), color=(1, 2, 3))
     with pytest.raises(AuditorError, match="many/150.png changed while the audit ran; run the audit again"):
-        run_audit(model, images, RunOptions(device="cpu", techniques=("predictions",), batch_size=64))
+        audit(model, "predictions", images=images, batch_size=64)
     assert model.module.batch_sizes == [64, 64]  # it stopped at the batch holding the changed file
-    assert model.module.training and requires_grad_flags(model.module) == flags
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.module.modules())
+    assert_unchanged(model.module, before)

@@ -1,4 +1,5 @@
-"""The kernels, feature-map and reconstruction sections on small models: figures, captions, metrics, notes."""
+"""The kernels, feature-map and reconstruction sections on small models (48 px inputs and two gallery images
+unless said): figures, captions, metrics, notes."""
 
 from __future__ import annotations
 
@@ -11,18 +12,13 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from auditor import RunOptions, load_images, load_model, run_audit
+from auditor import load_model
 from auditor.document import Figure, Section
-from tests.fixtures_models import tiny
+from tests.fixtures_models import tiny, tiny_vit
+from tests.toolkit import audit_section
 
 
-def audit(module: nn.Module, technique: str, size: int = 48, **settings) -> Section:
-    model = load_model(module, input_size=size)
-    images = load_images(None, model.preprocess)
-    report = run_audit(model, images, RunOptions(techniques=(technique,), device="cpu", gallery_images=2,
-                                                 settings=settings))
-    (section,) = report.sections
-    return section
+SMALL = {"size": 48, "gallery_images": 2}  # 48 px inputs, two gallery images
 
 
 def figures(section: Section) -> list[Figure]:
@@ -30,7 +26,7 @@ def figures(section: Section) -> list[Figure]:
 
 
 def test_kernels_first_layer_in_colour_then_signed_slices_with_a_colour_bar() -> None:
-    section = audit(tiny(), "kernels")
+    section = audit_section(tiny(), "kernels", **SMALL)
     assert section.error is None
     assert [layer["layer"] for layer in section.metrics["layers"]] == ["features.0", "features.3"]
     first, second = figures(section)
@@ -45,7 +41,7 @@ def test_kernels_first_layer_in_colour_then_signed_slices_with_a_colour_bar() ->
 
 
 def test_kernel_count_limits_the_filters_drawn() -> None:
-    section = audit(tiny(), "kernels", kernel_layers="features.3", kernel_count=5)
+    section = audit_section(tiny(), "kernels", **SMALL, kernel_layers="features.3", kernel_count=5)
     (figure,) = figures(section)
     assert "the first 5 of 16 filters" in figure.caption
 
@@ -55,13 +51,13 @@ def test_a_bad_layer_or_class_stops_the_run_before_any_technique_with_close_name
 
     with pytest.raises(AuditorError, match="--kernel-layers: TinyNet has no layer 'features.9'; close names: "
                                            "features.5"):
-        audit(tiny(), "kernels", kernel_layers="features.9")
+        audit_section(tiny(), "kernels", **SMALL, kernel_layers="features.9")
     with pytest.raises(AuditorError, match="--cam-classes: class 7 is out of range; the model has 5 classes"):
-        audit(tiny(), "kernels", cam_classes="7")
+        audit_section(tiny(), "kernels", **SMALL, cam_classes="7")
 
 
 def test_feature_maps_one_figure_per_layer_with_the_strongest_channels() -> None:
-    section = audit(tiny(), "feature-maps", feature_layers="features.2,features.5", feature_channels=4)
+    section = audit_section(tiny(), "feature-maps", **SMALL, feature_layers="features.2,features.5", feature_channels=4)
     assert section.error is None
     assert [f.key for f in figures(section)] == ["feature-maps-features.2", "feature-maps-features.5"]
     layer = section.metrics["layers"]["features.5"]
@@ -70,7 +66,7 @@ def test_feature_maps_one_figure_per_layer_with_the_strongest_channels() -> None
 
 
 def test_feature_maps_refuse_a_layer_without_a_map() -> None:
-    section = audit(tiny(), "feature-maps", feature_layers="classifier")
+    section = audit_section(tiny(), "feature-maps", **SMALL, feature_layers="classifier")
     assert "--feature-layers" in section.error and "not a feature map" in section.error
 
 
@@ -90,7 +86,8 @@ class FunctionalNet(nn.Module):
 
 def test_reconstructions_on_resnet18_name_class_and_channels() -> None:
     torch.manual_seed(0)
-    section = audit(torchvision.models.resnet18(num_classes=10), "reconstructions", size=64, recon_channels=2)
+    resnet18 = torchvision.models.resnet18(num_classes=10)
+    section = audit_section(resnet18, "reconstructions", size=64, gallery_images=2, recon_channels=2)
     assert section.error is None and not section.notes
     assert section.metrics["layer"] == "layer3"  # two thirds up conv1, layer1..layer4
     assert [len(i["channels"]) for i in section.metrics["images"]] == [2, 2]
@@ -100,7 +97,7 @@ def test_reconstructions_on_resnet18_name_class_and_channels() -> None:
 def test_reconstructions_say_when_the_rectifiers_cannot_be_seen() -> None:
     torch.manual_seed(0)
     scripted = torch.jit.script(FunctionalNet().eval())
-    section = audit(scripted, "reconstructions", recon_channels=1)
+    section = audit_section(scripted, "reconstructions", **SMALL, recon_channels=1)
     assert section.error is None
     assert section.notes and "plain input gradient" in section.notes[0]
     assert "TorchScript model accepts no hooks" in section.notes[1]
@@ -109,7 +106,7 @@ def test_reconstructions_say_when_the_rectifiers_cannot_be_seen() -> None:
 
 def test_reconstructions_handle_functional_relu_without_a_note() -> None:
     torch.manual_seed(0)
-    section = audit(FunctionalNet().eval(), "reconstructions", recon_layer="conv2", recon_channels=1)
+    section = audit_section(FunctionalNet().eval(), "reconstructions", **SMALL, recon_layer="conv2", recon_channels=1)
     assert section.error is None and not section.notes
 
 
@@ -137,10 +134,7 @@ def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
                                nn.Linear(8 * 16 * 16, 4))  # a head that reads every location, not their mean
     model = load_model(no_pooling.eval(), input_size=64)
     model.class_names = ["class 0", "class 1", "class 2", "class 3"]
-    images = load_images([tmp_path], model.preprocess, model.class_names)
-    report = run_audit(model, images, RunOptions(techniques=("cam",), device="cpu",
-                                                 settings={"cam_top_k": 2, "cam_classes": "3"}))
-    (section,) = report.sections
+    section = audit_section(model, "cam", images=tmp_path, cam_top_k=2, cam_classes="3")
     assert section.error is None
     assert section.metrics["methods"] == ["grad-cam", "grad-cam++"]
     assert section.notes and section.notes[0].startswith("CAM does not apply")
@@ -157,16 +151,14 @@ def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
 
 
 def test_cam_section_says_why_it_does_not_apply_and_when_guided_backprop_is_the_plain_gradient() -> None:
-    from tests.test_layers import tiny_vit
-
     zero_head = tiny_vit()
     nn.init.zeros_(zero_head.heads.head.weight)  # torchvision's untrained ViT: no score depends on the image
-    section = audit(zero_head, "cam", size=32)
+    section = audit_section(zero_head, "cam", size=32, gallery_images=2)
     assert section.error is None and section.blocks == []
     assert section.notes == [("CAM, Grad-CAM and Grad-CAM++ do not apply to VisionTransformer: --cam-layer: the "
                               "class scores depend on no spatial layer (every gradient is zero, as with an all-zero "
                               "head); give the layer with --cam-layer.")]
-    section = audit(tiny_vit(), "cam", size=32)  # GELU only: nothing for guided backprop to guide
+    section = audit_section(tiny_vit(), "cam", size=32, gallery_images=2)  # GELU only: no rectifier to guide
     guided = next(f for f in figures(section) if f.key == "guided-grad-cam")
     assert section.error is None and "multiplied pixel by pixel with plain gradient" in guided.caption
     assert any(n.startswith("Guided Grad-CAM multiplies by the plain input gradient") for n in section.notes)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 
@@ -19,27 +18,8 @@ from auditor.techniques import reconstructions
 from auditor.techniques.trust import boxes as trust_boxes
 from auditor.techniques.trust import perturbation as trust_perturbation
 from auditor.techniques.trust import randomization, similarity
-from tests.fixtures_models import tiny
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything a function must leave as it found it: values, modes, flags and hooks."""
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                  + len(m._backward_pre_hooks) for m in model.modules()],
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["state"].keys() == before["state"].keys()
-    assert all(torch.equal(after["state"][k], before["state"][k]) for k in before["state"])  # bit-identical
-    assert after["training"] == before["training"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["hooks"] == before["hooks"] and not any(after["hooks"])
+from tests.fixtures_models import tiny, tiny_vit
+from tests.toolkit import assert_unchanged, snapshot
 
 
 def user_model() -> nn.Module:
@@ -199,8 +179,7 @@ def test_cascade_on_the_default_model(lite0_model) -> None:
 
 
 def test_cascade_on_a_small_vision_transformer() -> None:
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
-                                                 hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+    model = tiny_vit(num_layers=1)
     with torch.no_grad():  # as if trained: values that a reset to the initial ones changes
         model.class_token.normal_()
         for norm in (m for m in model.modules() if isinstance(m, nn.LayerNorm)):
@@ -228,11 +207,17 @@ def test_random_other_class() -> None:
 
 
 def test_sanity_verdict() -> None:
-    # guided backprop and Grad-CAM on the default model (bench/bench_trust.py): means 0.75 and 0.03
+    # guided backprop and Grad-CAM on the default model (bench/bench_trust.py): means 0.75 and 0.03; guided
+    # backprop's last step (0.38) is low, its mean over the steps is not: the mean decides
     assert randomization.sanity_verdict([1.00, 0.97, 0.90, 0.76, 0.47, 0.38]) == "warn"
     assert randomization.sanity_verdict([0.42, 0.01, -0.05, -0.18, 0.11, -0.13]) == "pass"
-    assert randomization.sanity_verdict([0.6, 0.4]) == "warn"  # mean exactly 0.5: "below" is strict
-    assert randomization.sanity_verdict(torch.tensor([[1.0, 0.0], [0.2, 0.4]])) == "pass"  # mean over steps and images 0.4
+    # exact in binary: a mean equal to the threshold warns ("below" is strict)
+    assert randomization.sanity_verdict([0.375, 0.125], threshold=0.25) == "warn"
+    assert randomization.sanity_verdict([0.375, 0.125], threshold=0.251) == "pass"
+    # [steps, images]: the mean of all four, 0.375 (the last step alone is 0.25, the first image alone 0.625)
+    curves = torch.tensor([[1.0, 0.0], [0.25, 0.25]])
+    assert randomization.sanity_verdict(curves, threshold=0.375) == "warn"
+    assert randomization.sanity_verdict(curves, threshold=0.376) == "pass"
     assert randomization.sanity_verdict([0.3, 0.3], threshold=0.2) == "warn"
 
 

@@ -7,20 +7,19 @@ import json
 import pytest
 import torch
 
-from auditor import RunOptions, load_images, load_model, run_audit
-from auditor.report.manifest import render_json
+from auditor import load_images, load_model
 from tests.fixtures_models import tiny
+from tests.toolkit import audit, audit_section
 
 METHOD_KEYS = {"cam", "grad-cam", "grad-cam++", "guided-backprop", "deconvnet", "guided-grad-cam", "gradient"}
 
 
-@pytest.mark.slow
-def test_default_model_reproduces_the_published_sanity_result(lite0_model) -> None:
+@pytest.mark.slow  # the default report (conftest)
+def test_default_model_reproduces_the_published_sanity_result(default_report) -> None:
     """Adebayo et al.: Grad-CAM depends on the weights, guided backprop barely does; Grad-CAM beats a random map."""
-    images = load_images(None, lite0_model.preprocess, lite0_model.class_names)
-    report = run_audit(lite0_model, images, RunOptions(techniques=("trust", "cam"), device="cpu"))
-    trust = report.sections[0]
-    assert trust.technique == "trust" and trust.error is None, trust.error_detail
+    report, written = default_report
+    trust = next(s for s in report.sections if s.technique == "trust")
+    assert trust.error is None, trust.error_detail
     methods = trust.metrics["methods"]
     assert set(methods) == METHOD_KEYS
     assert methods["grad-cam"]["randomization"]["verdict"] == "pass"
@@ -28,7 +27,8 @@ def test_default_model_reproduces_the_published_sanity_result(lite0_model) -> No
     random = trust.metrics["random_baseline"]
     assert methods["grad-cam"]["deletion_auc"] < random["deletion_auc"]
     assert methods["grad-cam"]["insertion_auc"] > random["insertion_auc"]
-    shape = json.loads(render_json(report))["sections"][0]["metrics"]
+    sections = json.loads(written["json"].read_text())["sections"]  # report.json as written
+    shape = next(s for s in sections if s["technique"] == "trust")["metrics"]
     entry = shape["methods"]["grad-cam"]
     assert entry["randomization"]["verdict"] in ("pass", "warn")
     assert len(entry["randomization"]["spearman"]) == len(entry["randomization"]["ssim"]) == 6
@@ -42,10 +42,8 @@ def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch
     original = trust_module.cam_maps
     monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
     torch.manual_seed(0)
-    model = load_model(tiny(6), input_size=64)
-    images = load_images(None, model.preprocess)
-    report = run_audit(model, images, RunOptions(techniques=("cam", "trust", "reconstructions"), device="cpu",
-                                                 settings={"trust_steps": 2, "trust_images": 2}))
+    report = audit(tiny(6), ("cam", "trust", "reconstructions"), size=64, trust_steps=2,
+                   trust_images=2)
     assert [s.technique for s in report.sections] == ["trust", "reconstructions", "cam"]
     assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
     # trained maps came from the CAM section: only the 2 randomised steps and the other class call cam_maps
@@ -62,9 +60,8 @@ def test_boxes_give_pointing_game_and_mass(tmp_path) -> None:
     width, height = images.sizes[images.names.index("coffee.png")]
     boxes = tmp_path / "boxes.csv"
     boxes.write_text(f"image,class,x0,y0,x1,y1\ncoffee.png,2,0,0,{width},{height}\nunknown.png,1,0,0,5,5\n")
-    report = run_audit(model, images, RunOptions(techniques=("trust",), device="cpu",
-                                                 settings={"trust_steps": 1, "trust_images": 1, "boxes": str(boxes)}))
-    (trust,) = report.sections
+    trust = audit_section(model, "trust", images=images, trust_steps=1, trust_images=1,
+                          boxes=str(boxes))
     assert trust.error is None, trust.error_detail
     for method in ("grad-cam", "gradient"):
         entry = trust.metrics["methods"][method]
@@ -79,11 +76,8 @@ def test_a_partly_torchscript_model_scores_guided_backprop_on_every_randomised_c
     computed under the same rule, not dropped and compared with an empty map."""
     module = tiny()
     module.features[0] = torch.jit.script(module.features[0])
-    model = load_model(module, input_size=32)
-    images = load_images(None, model.preprocess)
-    settings = {"trust_steps": 2, "trust_images": 2, "recon_channels": 1}
-    report = run_audit(model, images, RunOptions(techniques=("reconstructions", "trust"), device="cpu",
-                                                 settings=settings))
+    report = audit(module, ("reconstructions", "trust"), size=32, trust_steps=2, trust_images=2,
+                   recon_channels=1)
     trust = next(s for s in report.sections if s.technique == "trust")
     assert trust.error is None, trust.error_detail
     curve = trust.metrics["methods"]["guided-backprop"]["randomization"]["spearman"]

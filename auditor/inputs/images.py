@@ -91,9 +91,14 @@ class ImageSet:
     def has_labels(self) -> bool:
         return any(label is not None for label in self.labels)
 
-    def choose_gallery(self, confidence: Sequence[float], predicted: Sequence[int], count: int) -> Gallery:
-        """The gallery for these top-1 predictions (see choose_gallery), kept here for the audit record."""
-        correct = [None if label is None else predicted[i] == label for i, label in enumerate(self.labels)]
+    def correct(self, index: int, predicted: Sequence[int]) -> bool | None:
+        """Whether these predicted classes are image `index`'s true ones (None when it has none)."""
+        return None if self.labels[index] is None else set(predicted) == set(self.label_sets[index])
+
+    def choose_gallery(self, confidence: Sequence[float], predicted: Sequence[Sequence[int]], count: int) -> Gallery:
+        """The gallery for these predictions (each image's predicted classes; see choose_gallery), kept here
+        for the audit record."""
+        correct = [self.correct(i, predicted[i]) for i in range(len(self))]
         self.gallery = choose_gallery(confidence, correct, count)
         return self.gallery
 
@@ -105,8 +110,9 @@ class ImageSet:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        image = decode(self._read(index))
-        shown = self.preprocess.display(image) if isinstance(self.preprocess, Preprocess) else image
+        known = isinstance(self.preprocess, Preprocess)
+        image = decode(self._read(index), keep_alpha=known and self.preprocess.channels == 4)
+        shown = self.preprocess.display(image) if known else image
         if keep:
             self._cache[index] = shown
             if len(self._cache) > CACHE_SIZE:
@@ -160,11 +166,12 @@ def find_image_files(paths: Sequence[str | Path]) -> list[tuple[Path, str, str |
     return found
 
 
-def decode(data: bytes) -> Image.Image:
-    """Bytes of any supported image as an upright 8-bit RGB image.
+def decode(data: bytes, keep_alpha: bool = False) -> Image.Image:
+    """Bytes of any supported image as an upright 8-bit RGB image (RGBA with `keep_alpha`, for models that
+    take an alpha channel).
 
     Handles EXIF rotation, the first frame of animations, 16-bit and float grayscale (rescaled to
-    its own range, not clipped), palettes, and transparency (composited on white).
+    its own range, not clipped), palettes, and transparency (composited on white unless kept).
     """
     image = Image.open(io.BytesIO(data))
     image.seek(0)
@@ -181,6 +188,8 @@ def decode(data: bytes) -> Image.Image:
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
         # palette and tRNS colour-key transparency become an alpha channel, composited below
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if keep_alpha:
+        return image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -268,7 +277,8 @@ def _scan(
     labels = [found[0] if found else None for found in label_sets]
     unknown = sorted(n for n, i in matched.items() if i is None)
     if unknown and class_names:
-        log.warning("label folders or --labels-csv classes that match no class name, shown without a true class: %s", ", ".join(unknown))
+        log.warning("label folders or --labels-csv classes that match no class name, shown without a true class: "
+                    "%s", ", ".join(unknown))
     return ImageSet(paths, names, hashes, labels, label_names, label_sets, skipped, sizes, preprocess)
 
 

@@ -146,15 +146,16 @@ def stage_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     same output shape form a stage and its last member is taken (EfficientNet-Lite0: the stem, the seven
     block groups, the head); an isotropic network (ViT: one stage of twelve blocks) also gets the blocks
     one and two thirds of the way along its longest stage. Modules called more than once (shared
-    activations) have no single output and are skipped. Names come in module (definition) order; []
+    activations) have no single output and are skipped, and so are those that return a tuple or an
+    object rather than a tensor (Hugging Face's blocks): their parts are taken instead. Names come in module (definition) order; []
     when no layer qualifies. Runs in eval mode.
     """
     with audit_mode(model):
         calls = record_calls(model, example)
     modules = dict(model.named_modules())
     size = (example.shape[-2], example.shape[-1])
-    candidates = [name for name, c in calls.items() if name and len(c.shapes) == 1 and _learns(modules[name])
-                  and detect_layout(c.shapes[0], size) is not None]
+    candidates = [name for name, c in calls.items() if name and len(c.shapes) == 1 and c.tensor
+                  and _learns(modules[name]) and detect_layout(c.shapes[0], size) is not None]
     spine = _outermost(candidates, "")
     while 0 < len(spine) < 3:
         opened = [child for name in spine for child in _outermost(candidates, name + ".") or [name]]
@@ -190,3 +191,18 @@ def _ancestors(name: str, prefix: str) -> list[str]:
     """Dotted-name ancestors of `name` that are longer than `prefix` ("a.b.c" -> "a", "a.b")."""
     parts = name.split(".")
     return [a for a in (".".join(parts[:i]) for i in range(1, len(parts))) if len(a) >= len(prefix)]
+
+
+def input_channels(module: nn.Module) -> int:
+    """The input channels the model takes: its config's num_channels (Hugging Face), else those of the first
+    module (in registration order) that is a 2-d convolution or owns a 4-d weight (a TorchScript one), else 3."""
+    config = getattr(module, "config", None)
+    if isinstance(getattr(config, "num_channels", None), int):
+        return config.num_channels
+    for sub in module.modules():
+        if isinstance(sub, nn.Conv2d):
+            return int(sub.in_channels)
+        weight = next((p for p in sub.parameters(recurse=False) if p.ndim == 4), None)
+        if weight is not None:
+            return int(weight.shape[1])
+    return 3

@@ -28,6 +28,7 @@ class Calls:
 
     shapes: list[tuple[int, ...]] = field(default_factory=list)
     macs: int = 0
+    tensor: bool = True  # every call returned a tensor itself (not one inside a tuple, dict or object)
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -79,6 +80,7 @@ def record_calls(module: nn.Module, example: torch.Tensor) -> dict[str, Calls]:
     def hook_for(name: str) -> ForwardHook:
         def hook(sub: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             tensor = first_tensor(output)
+            calls[name].tensor &= isinstance(output, torch.Tensor)
             if tensor is not None:
                 calls[name].shapes.append(tuple(tensor.shape))
                 calls[name].macs += macs(sub, tensor, inputs)

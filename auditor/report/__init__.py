@@ -10,9 +10,10 @@ from pathlib import Path
 
 from auditor.document import Report
 from auditor.errors import AuditorError
-from auditor.report.files import write_atomic, write_figures
+from auditor.report.files import DEFAULT_DPI, write_atomic, write_figures
 from auditor.report.html import render_html
 from auditor.report.manifest import render_json
+from auditor.report.maps import MAPS_FILE, maps_bytes
 from auditor.report.pdf import render_pdf
 
 
@@ -28,8 +29,13 @@ def output_folder(out: str | Path) -> Path:
     return folder
 
 
-def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: bool = False) -> dict[str, Path]:
-    """Write the report files into `out` (created if needed); return their paths.
+def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: bool = False,
+                 figure_dpi: int | None = None) -> dict[str, Path]:
+    """Write the report files into `out` (created if needed); return their paths. maps.safetensors is written
+    when a section kept arrays (the CAM maps), and an older one is removed when none did.
+
+    `figure_dpi` (--figure-dpi) is the raster figure files' resolution; by default the one in the record's
+    options, else 200.
 
     Everything is rendered, then written into a hidden staging folder inside `out`, then moved into
     place: a failure (a full disk, Ctrl-C) leaves the folder as it was, never half a report.
@@ -40,16 +46,22 @@ def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: 
                 "json": ("report.json", render_json(report).encode("utf-8"))}
     if pdf:
         rendered["pdf"] = ("report.pdf", render_pdf(html))
+    maps = maps_bytes(report.sections)
+    if maps is not None:  # the arrays the sections kept (the CAM maps), for auditor compare
+        rendered["maps"] = (MAPS_FILE, maps)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".auditor-staging-"))
     try:
         for name, data in rendered.values():
             write_atomic(staging / name, data)
         if figures:
-            write_figures(report, staging / "figures")
+            options = report.record.get("options", {}) if isinstance(report.record, dict) else {}
+            write_figures(report, staging / "figures", figure_dpi or options.get("figure_dpi") or DEFAULT_DPI)
         written = {}
         for kind, (name, _) in rendered.items():
             os.replace(staging / name, folder / name)
             written[kind] = folder / name
+        if maps is None and (folder / MAPS_FILE).exists():
+            os.remove(folder / MAPS_FILE)  # a previous run's maps, not this report's
         if figures:
             shutil.rmtree(folder / "figures", ignore_errors=True)
             os.replace(staging / "figures", folder / "figures")

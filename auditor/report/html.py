@@ -113,17 +113,28 @@ def _model_summary(report: Report) -> dict[str, Any]:
     return summary
 
 
+def section_anchor(name: str) -> str:
+    """The id of a technique's section on the page ("appendix" is the appendix's)."""
+    return "appendix" if name == "appendix" else f"section-{name}"
+
+
 def render_html(report: Report) -> str:
     by_section: dict[int, list[Numbered]] = {}
     for numbered in numbered_blocks(report):
         by_section.setdefault(id(numbered.section), []).append(numbered)
-    sections = [{"section": s, "number": i + 1, "anchor": f"section-{s.technique}",
+    sections = [{"section": s, "number": i + 1, "anchor": section_anchor(s.technique),
                  "blocks": by_section.get(id(s), [])} for i, s in enumerate(report.sections)]
-    template = _environment().get_template("report.html.j2")
+    links = {s.technique: (f"section {i + 1}", s.title) for i, s in enumerate(report.sections)}
+    links["appendix"] = ("appendix", "Appendix: images, timings and options")
+    findings = [{"finding": f, "anchor": section_anchor(f.section), "link": links.get(f.section, (f.section, ""))}
+                for f in report.findings]
+    compare = report.record.get("kind") == "compare"  # auditor compare's report: its own page around the sections
+    template = _environment().get_template("compare.html.j2" if compare else "report.html.j2")
     return template.render(
         record=report.record,
         sections=sections,
-        summary=_model_summary(report),
+        findings=findings,
+        summary={} if compare else _model_summary(report),
         failed=report.failed,
         csp=CONTENT_SECURITY_POLICY,
     )

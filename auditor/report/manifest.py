@@ -54,4 +54,6 @@ def render_json(report: Report) -> str:
         }
         for s in report.sections
     ]
-    return json.dumps(_clean({"record": report.record, "sections": sections}), indent=2, ensure_ascii=False)
+    findings = [{"text": f.text, "section": f.section, "value": f.value, "rule": f.rule} for f in report.findings]
+    return json.dumps(_clean({"record": report.record, "findings": findings, "sections": sections}), indent=2,
+                      ensure_ascii=False)

@@ -32,8 +32,8 @@ def example_input(ctx: AuditContext) -> torch.Tensor:
     """One input of the model's size: the first audited image, so data-dependent code takes a real path."""
     if len(ctx.images):
         return ctx.inputs([0])
-    crop = ctx.model.preprocess.crop
-    return torch.zeros(1, 3, crop, crop, device=ctx.device)
+    preprocess = ctx.model.preprocess
+    return torch.zeros(1, preprocess.channels, *preprocess.crop_size, device=ctx.device)
 
 
 def table_row(row: LayerRow, total_parameters: int) -> list[Any]:

@@ -2,12 +2,14 @@
 
 Every map comes from one `cam_maps` call: one forward pass over the shown images and one batched
 backward for all their classes (top-k, true, chosen and the per-class gallery's), so nothing is
-computed twice across the methods and the galleries.
+computed twice across the methods and the galleries. The methods and their names are the CAM family
+of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
+(ctx.shared.gradients) when it ran first; the section publishes its top-class maps (ctx.shared.cam) and
+the guided backprop it computed itself, for the trust section.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,18 +19,21 @@ from PIL import Image
 from auditor.context import AuditContext
 from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorbar, overlay, stack, titled, to_jpeg
+from auditor.methods import METHODS
 from auditor.option_checks import resolve_classes
+from auditor.sections.kept_maps import kept_maps
 from auditor.sections.reconstructions import gradient_picture
-from auditor.techniques.cam import CamNotApplicable, CamResult, cam_maps
-from auditor.techniques.reconstructions import (
-    RectifierNotSeenWarning,
-    guided_backprop,
-    no_rectifier_messages,
+from auditor.shared import CamShared, GradientShared
+from auditor.techniques.cam import (
+    CamNotApplicable,
+    CamResult,
+    cam_maps,
+    guided_grad_cam_product,
 )
+from auditor.techniques.reconstructions import guided_backprop, rectifier_warnings
 
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
-METHOD_NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++"}
 INTRODUCTION = ("Class activation maps show which regions of an image raise a class's score. CAM (Zhou et al., 2016) "
                 "weights the last feature maps by the classifier's weights for the class and needs a global-average-"
                 "pooling head; Grad-CAM (Selvaraju et al., 2017) weights them by the class score's spatially "
@@ -67,11 +72,18 @@ def plan(ctx: AuditContext, top_k: int, chosen: list[int]) -> Plan:
 def overlay_tile(ctx: AuditContext, image_index: int, heat: torch.Tensor, title: str) -> Image.Image:
     photo = ctx.photo(image_index, TILE_PX)
     small = heat.float().cpu().numpy()
-    return titled(overlay(photo, small), title, size=11)
+    return titled(overlay(photo, small, cmap=ctx.options.colormap), title, size=11)
 
 
-def scale_bar() -> Image.Image:
-    return colorbar("jet", 0.0, 1.0, 300, "relative importance (each map scaled to its own maximum)")
+def scale_bar(ctx: AuditContext) -> Image.Image:
+    return colorbar(ctx.options.colormap, 0.0, 1.0, 300, "relative importance (each map scaled to its own maximum)")
+
+
+def colour_words(cmap: str) -> str:
+    """How a caption reads the --colormap: jet's colours in words, any other map's name and its colour bar."""
+    if cmap == "jet":
+        return "jet colours, red where the class score rises most, blue least"
+    return f"{cmap} colours, from low to high along the colour bar"
 
 
 def class_title(ctx: AuditContext, image_index: int, class_index: int) -> str:
@@ -88,15 +100,15 @@ def image_figure(ctx: AuditContext, result: CamResult, p: Plan, row: int, target
     method_rows = []
     for method, maps in result.maps.items():
         tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], class_title(ctx, index, c)) for c in classes]
-        method_rows.append(titled(stack(tiles, vertical=False, gap=4), METHOD_NAMES[method], size=13))
+        method_rows.append(titled(stack(tiles, vertical=False, gap=4), METHODS[method].name, size=13))
     photo = titled(ctx.photo(index, TILE_PX), name, size=11)
-    picture = stack([stack([photo, stack(method_rows, gap=8)], vertical=False, gap=12), scale_bar()], gap=8)
-    methods = ", ".join(METHOD_NAMES[m] for m in result.maps)
+    picture = stack([stack([photo, stack(method_rows, gap=8)], vertical=False, gap=12), scale_bar(ctx)], gap=8)
+    methods = ", ".join(METHODS[m].name for m in result.maps)
     true_text = " and its true class (✓)" if ctx.images.labels[index] is not None else ""
     caption = (f"Where {ctx.model.name} looks in {name}: {methods} maps (rows) for its {len(classes)} classes of "
                f"interest (columns: the most probable classes{true_text}, with the predicted probability), at "
-               f"layer {result.layer.name}, {target_text}. Jet colours over the image as the model saw it: red "
-               f"regions raise the class score most, blue ones least; each map is scaled to its own maximum.")
+               f"layer {result.layer.name}, {target_text}. Over the image as the model saw it, "
+               f"{colour_words(ctx.options.colormap)}; each map is scaled to its own maximum.")
     return Figure(f"cam-{name}", caption, to_jpeg(picture), "image/jpeg", alt=f"Class activation maps for {name}.")
 
 
@@ -109,7 +121,7 @@ def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
                               f"{ctx.images.names[index]} {float(ctx.forward.probabilities[index, class_index]):.2f}")
                  for row, index in enumerate(p.shown)]
         rows.append(titled(stack(tiles, vertical=False, gap=4), ctx.class_names[class_index], size=13))
-    picture = stack([*rows, scale_bar()], gap=8)
+    picture = stack([*rows, scale_bar(ctx)], gap=8)
     caption = ("The same class across images: Grad-CAM of each class (rows) on each image (columns, with the "
                "class's probability). A map that lights up on unrelated images shows what the class detector "
                "responds to in general, not only where the class is.")
@@ -131,7 +143,7 @@ def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[i
     caption = ("Misclassified images: the photo, the Grad-CAM of the predicted (wrong) class and that of the true "
                "class. Where the two maps cover different regions, the model was drawn to something other than "
                "the labelled object.")
-    return Figure("cam-misclassified", caption, to_jpeg(stack([*rows, scale_bar()], gap=8)), "image/jpeg",
+    return Figure("cam-misclassified", caption, to_jpeg(stack([*rows, scale_bar(ctx)], gap=8)), "image/jpeg",
                   alt="Grad-CAM of predicted and true classes for misclassified images.")
 
 
@@ -140,25 +152,24 @@ def guided_figure(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Te
     and a note when the model has no rectifier to guide (GELU in ViT, Swin, ConvNeXt): then the figure shows
     the plain gradient, says so, and is not passed on as guided backprop."""
     top = torch.tensor([p.per_image[row][0] for row in range(len(p.shown))], device=batch.device)
-    shared = ctx.shared.get("guided backprop")  # the reconstructions section's, for the same top classes
+    shared = ctx.shared.gradients.get("guided-backprop")  # the reconstructions section's, for the same top classes
+    guided = shared.rows(p.shown) if shared is not None else None
     blind = None
-    if shared is not None and shared["shown"] == p.shown:
-        guided = shared["gradients"]
-    else:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RectifierNotSeenWarning)
+    if guided is None:
+        with rectifier_warnings() as seen:
             guided = guided_backprop(ctx.module, batch, top).cpu()
-        blind = next(iter(no_rectifier_messages(caught)), None)
+        blind = next(iter(seen.plain), None)
         if blind is None:
-            ctx.shared["guided backprop"] = {"shown": p.shown, "gradients": guided}
-    name = "plain gradient" if blind else "guided backprop"
-    grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))] for row in range(len(top))])
+            ctx.shared.gradients["guided-backprop"] = GradientShared(p.shown, guided)
+    name = METHODS["gradient" if blind else "guided-backprop"].words
+    grad_cam = torch.stack([result.maps["grad-cam"][row, p.column(row, int(top[row]))]
+                            for row in range(len(top))]).cpu()
+    products = guided_grad_cam_product(guided, grad_cam)
     rows = []
     for row, index in enumerate(p.shown):
         photo = ctx.photo(index, TILE_PX)
-        product = guided[row] * grad_cam[row].to(guided.dtype)
-        pictures = [photo, overlay(photo, grad_cam[row].numpy()),
-                    gradient_picture(guided[row], TILE_PX), gradient_picture(product, TILE_PX)]
+        pictures = [photo, overlay(photo, grad_cam[row].numpy(), cmap=ctx.options.colormap),
+                    gradient_picture(guided[row], TILE_PX), gradient_picture(products[row], TILE_PX)]
         titles = [ctx.images.names[index], f"Grad-CAM: {class_title(ctx, index, int(top[row]))}", name,
                   f"Grad-CAM × {name}"]
         rows.append(stack([titled(pic, t, size=11) for pic, t in zip(pictures, titles)], vertical=False, gap=4))
@@ -185,14 +196,16 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     batch = ctx.inputs(p.shown)
     layer = settings["cam_layer"] or None
     try:
-        result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"])
+        result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"],
+                          head=ctx.head)
     except CamNotApplicable as error:  # no spatial layer the scores depend on: say why instead of failing
         return Section(heading.name, heading.title, text=INTRODUCTION,
                        notes=[f"CAM, Grad-CAM and Grad-CAM++ do not apply to {ctx.model.name}: {error}."],
                        metrics={"not_applicable": str(error)})
     target_text = ("differentiating the class logit" if result.target == "logit"
-                   else "differentiating the softmax probability")
-    blocks: list[Any] = [image_figure(ctx, result, p, row, target_text) for row in range(len(p.shown))]
+                   else f"differentiating the {'sigmoid' if ctx.head.independent else 'softmax'} probability")
+    blocks: list[Any] = [image_figure(ctx, result, p, row, target_text)
+                         for row in ctx.progress.each(range(len(p.shown)), "images")]
     blocks.append(class_figure(ctx, result, p))
     labels = [ctx.images.labels[index] for index in p.shown]
     wrong = [row for row, (index, label) in enumerate(zip(p.shown, labels))
@@ -202,9 +215,9 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     guided, guided_note = guided_figure(ctx, result, p, batch)
     blocks.append(guided)
     top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
-    ctx.shared["cam"] = {"shown": p.shown, "layer": result.layer.name, "target": result.target,
-                         "maps": {m: torch.stack([maps[row, column] for row, column in enumerate(top)])
-                                  for m, maps in result.maps.items()}}
+    ctx.shared.cam = CamShared(p.shown, result.layer.name, result.target,
+                               {m: torch.stack([maps[row, column] for row, column in enumerate(top)]).cpu()
+                                for m, maps in result.maps.items()})
     rows, per_image = [], []
     for row, index in enumerate(p.shown):
         entries = []
@@ -218,7 +231,7 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
         per_image.append({"image": ctx.images.names[index], "classes": entries})
     blocks.append(Table("cam-peaks", "Where each map peaks: (x, y) as fractions of the image width and height, "
                                      "from the top-left corner, per image and class of interest.",
-                        ["image", "class", "probability", *(METHOD_NAMES[m] for m in result.maps)], rows))
+                        ["image", "class", "probability", *(METHODS[m].name for m in result.maps)], rows))
     text = (f"{INTRODUCTION} All maps here come from layer {result.layer.name} ({result.layer.reason}); "
             f"{result.formed}; {target_text}. A map on the object supports the prediction; a map on the background "
             f"or on another object is a warning, even when the class is right.")
@@ -227,4 +240,5 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
                "target": result.target, "methods": list(result.maps), "cam_unavailable": result.cam_unavailable,
                "gallery_classes": [ctx.class_names[c] for c in p.gallery], "images": per_image}
-    return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes)
+    return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes,
+                   arrays=kept_maps(ctx, result.raw, p.shown, top))  # maps.safetensors

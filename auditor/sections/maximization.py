@@ -65,7 +65,7 @@ def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exem
 
 def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     requested, steps = settings["max_size"], settings["max_steps"]
-    size = runnable_size(ctx.module, requested, ctx.model.preprocess.crop)
+    size = runnable_size(ctx.module, requested, max(ctx.model.preprocess.crop_size))
     notes = [] if size == requested else [(f"{ctx.model.name} does not run on {requested}×{requested} inputs "
                                            f"(--max-size), so the syntheses are {size}×{size} px, its input size.")]
     layer = settings["max_layer"] or default_layer(ctx.module, size)
@@ -74,8 +74,8 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
     preprocess = ctx.model.preprocess
     results = {method: maximize(ctx.module, layer, channels, size=size, steps=steps, method=method,
                                 seed=ctx.options.seed, mean=preprocess.mean, std=preprocess.std)
-               for method in METHODS}
-    field = receptive_field(ctx.module, layer, preprocess.crop, seed=ctx.options.seed)
+               for method in ctx.progress.each(METHODS, "methods")}
+    field = receptive_field(ctx.module, layer, preprocess.crop_size, seed=ctx.options.seed)
     found = exemplars(activations, list(range(len(channels))), field,
                       top=settings["max_exemplars"])
     found = Exemplars(tuple(channels), found.images, found.activations, found.boxes)

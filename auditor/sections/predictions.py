@@ -11,23 +11,29 @@ from auditor.drawing import to_jpeg
 FOLD_ROWS = 50  # a longer per-image table is folded in the HTML and left out of the PDF (about a page)
 
 
-def accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[str, float | int] | None:
-    """Top-1 and top-k accuracy over the labelled images; None when no image has a known class."""
-    known = [(row, label) for row, label in zip(top_indices.tolist(), labels) if label is not None]
+def accuracy(top_indices: torch.Tensor, predicted: list[list[int]], label_sets: list[tuple[int, ...]],
+             labels: list[int | None]) -> dict[str, float | int] | None:
+    """Top-1 accuracy (the predicted classes are exactly the true ones: the top class, or the labels a
+    multi-label head predicts) and top-k accuracy (the true class among the k most probable) over the
+    labelled images; None when no image has a known class."""
+    known = [i for i, label in enumerate(labels) if label is not None]
     if not known:
         return None
-    top1 = sum(row[0] == label for row, label in known) / len(known)
-    topk = sum(label in row for row, label in known) / len(known)
+    top1 = sum(set(predicted[i]) == set(label_sets[i]) for i in known) / len(known)
+    topk = sum(labels[i] in top_indices[i].tolist() for i in known) / len(known)
     return {"labelled_images": len(known), "top1": top1, f"top{top_indices.shape[1]}": topk}
 
 
-def per_class_accuracy(top_indices: torch.Tensor, labels: list[int | None]) -> dict[int, dict[str, float | int]]:
+def per_class_accuracy(ctx: AuditContext) -> dict[int, dict[str, float | int]]:
     """accuracy() over the images of each true class, by class index, in index order."""
     rows: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
+    for i, label in enumerate(ctx.images.labels):
         if label is not None:
             rows.setdefault(label, []).append(i)
-    return {label: accuracy(top_indices[rows[label]], [label] * len(rows[label])) for label in sorted(rows)}
+    forward, images = ctx.forward, ctx.images
+    return {label: accuracy(forward.top_indices[rows[label]], [forward.predicted[i] for i in rows[label]],
+                            [images.label_sets[i] for i in rows[label]], [label] * len(rows[label]))
+            for label in sorted(rows)}
 
 
 def truth(ctx: AuditContext, index: int) -> tuple[str | None, bool | None]:
@@ -35,7 +41,8 @@ def truth(ctx: AuditContext, index: int) -> tuple[str | None, bool | None]:
     label = ctx.images.labels[index]
     if label is None:
         return None, None
-    return ctx.class_names[label], int(ctx.forward.top_indices[index, 0]) == label
+    names = ", ".join(ctx.class_names[c] for c in ctx.images.label_sets[index])
+    return names, ctx.images.correct(index, ctx.forward.predicted[index])
 
 
 def verdict(correct: bool | None) -> str:
@@ -47,9 +54,11 @@ def card(ctx: AuditContext, index: int, reason: str) -> Card:
     forward, names, images = ctx.forward, ctx.class_names, ctx.images
     true_name, correct = truth(ctx, index)
     lines = []
+    if forward.head.kind == "sigmoid":
+        lines.append("predicted: " + (", ".join(names[c] for c in forward.predicted[index]) or "no label"))
     if true_name is not None:
-        p = float(forward.probabilities[index, images.labels[index]])
-        lines.append(f"true class: {true_name} (p = {p:.3f})")
+        p = ", ".join(f"{float(forward.probabilities[index, c]):.3f}" for c in images.label_sets[index])
+        lines.append(f"true class: {true_name} (p = {p})")
     elif images.label_names[index] is not None:
         lines.append(f"label {images.label_names[index]!r} matches no class name")
     if reason:
@@ -58,7 +67,7 @@ def card(ctx: AuditContext, index: int, reason: str) -> Card:
         title=images.names[index],
         image=to_jpeg(ctx.photo(index), quality=85),
         mime="image/jpeg",
-        bars=[Bar(names[j], float(p), highlight=(names[j] == true_name))
+        bars=[Bar(names[j], float(p), highlight=(j in images.label_sets[index]))
               for j, p in zip(forward.top_indices[index].tolist(), forward.top_probabilities[index])],
         lines=lines,
         badge=verdict(correct),
@@ -83,7 +92,7 @@ def per_image(ctx: AuditContext) -> tuple[list[list[object]], list[dict[str, obj
 
 def class_table(ctx: AuditContext, k: int) -> tuple[Table, list[dict[str, object]]]:
     """Accuracy per true class, over every labelled image, as a table and as report.json entries."""
-    found = per_class_accuracy(ctx.forward.top_indices, ctx.images.labels)
+    found = per_class_accuracy(ctx)
     entries = [{"class": ctx.class_names[c], **scores} for c, scores in found.items()]
     rows = [[e["class"], e["labelled_images"], round(float(e["top1"]), 3), round(float(e[f"top{k}"]), 3)]
             for e in entries]
@@ -101,10 +110,10 @@ def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
     metrics: dict[str, object] = {"images": entries}
     sampled = len(gallery.indices) < len(images)
     text = (f"The model's {k} most probable classes for each of the {len(images)} images, "
-            f"from one batched forward pass.")
+            f"from one batched forward pass; probabilities by {forward.head.describe()}.")
     if sampled:
         text += f" The cards show {gallery.rule}; the table and every number count all {len(images)}."
-    found = accuracy(forward.top_indices, images.labels)
+    found = accuracy(forward.top_indices, forward.predicted, images.label_sets, images.labels)
     blocks = [
         Cards("predictions", f"Top-{k} predicted classes and probabilities for "
                              f"{f'{len(gallery.indices)} of the {len(images)} images' if sampled else 'each image'}.",

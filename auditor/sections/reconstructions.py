@@ -1,8 +1,11 @@
-"""Reconstructions section: guided backprop and deconvnet, for the top class and a layer's strongest channels."""
+"""Reconstructions section: guided backprop and deconvnet, for the top class and a layer's strongest channels.
+
+The two methods and their names come from the one table (auditor.methods); their top-class gradients
+are published (ctx.shared.gradients) for the CAM and trust sections, unless they are the plain gradient.
+"""
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -12,25 +15,24 @@ from PIL import Image
 from auditor.context import AuditContext
 from auditor.document import Figure, Heading, Section
 from auditor.drawing import stack, titled, to_jpeg
+from auditor.methods import METHODS
 from auditor.nn.layers import resolve_layer, stage_layers
+from auditor.shared import GradientShared
 from auditor.techniques.feature_maps import capture, strongest_channels
-from auditor.techniques.reconstructions import (
-    RectifierNotSeenWarning,
-    deconvnet,
-    guided_backprop,
-    no_rectifier_messages,
-)
+from auditor.techniques.reconstructions import rectifier_warnings
 
 TILE_PX = 150
-METHODS = (("guided backprop", guided_backprop), ("deconvnet", deconvnet))
+SHOWN = ("guided-backprop", "deconvnet")  # method keys, one row each
 
 
 def gradient_picture(gradient: torch.Tensor, size: int) -> Image.Image:
-    """A [3, H, W] input gradient as a size × size RGB picture: grey is zero, scaled by its 99.5th percentile of |g|.
+    """A [C, H, W] input gradient as a size × size picture: grey is zero, scaled by its 99.5th percentile of |g|.
+    RGB for three channels, grey for one, the colour channels alone for four (RGBA).
 
     The percentile, not the maximum, keeps one extreme pixel from turning the rest grey.
     """
-    values = gradient.float().cpu().numpy().transpose(1, 2, 0)
+    values = gradient[:3].float().cpu().numpy().transpose(1, 2, 0)
+    values = values[..., 0] if values.shape[-1] == 1 else values
     scale = float(np.percentile(np.abs(values), 99.5)) or 1.0
     pixels = (np.clip(0.5 + 0.5 * values / scale, 0.0, 1.0) * 255).round().astype(np.uint8)
     return Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
@@ -46,17 +48,16 @@ def default_recon_layer(ctx: AuditContext, example: torch.Tensor) -> str:
 
 def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, layer: str,
                 channels: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], list[str], bool]:
-    """Per method, [class gradients, channel 1 gradients, ...] (each N×3×H×W), the warnings raised, and
+    """Per method key, [class gradients, channel 1 gradients, ...] (each N×3×H×W), the warnings raised, and
     whether the results are the plain gradient (no rectifier seen)."""
     results: dict[str, list[torch.Tensor]] = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RectifierNotSeenWarning)
-        for method, function in METHODS:
-            results[method] = [function(ctx.module, batch, classes).cpu()]
-            results[method] += [function(ctx.module, batch, channels[:, j], layer=layer).cpu()
-                                for j in range(channels.shape[1])]
-    notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, RectifierNotSeenWarning)))
-    return results, notes, bool(no_rectifier_messages(caught))
+    with rectifier_warnings() as seen:
+        for key in SHOWN:
+            function = METHODS[key].compute
+            results[key] = [function(ctx.module, batch, classes).cpu()]
+            results[key] += [function(ctx.module, batch, channels[:, j], layer=layer).cpu()
+                             for j in range(channels.shape[1])]
+    return results, seen.messages, bool(seen.plain)
 
 
 def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, list[torch.Tensor]],
@@ -66,10 +67,10 @@ def image_figure(ctx: AuditContext, index: int, row: int, results: dict[str, lis
     photo = ctx.photo(index, TILE_PX)
     targets = [f"{class_name} ({probability:.2f})"] + [f"{layer} ch {c}" for c in channels]
     method_rows = []
-    for method, gradients in results.items():
+    for key, gradients in results.items():
         tiles = [gradient_picture(g[row], TILE_PX) for g in gradients]
         panels = stack([titled(tile, target, size=11) for tile, target in zip(tiles, targets)], vertical=False, gap=4)
-        method_rows.append(titled(panels, "plain gradient" if plain else method, size=13))
+        method_rows.append(titled(panels, METHODS["gradient" if plain else key].words, size=13))
     picture = stack([titled(photo, name, size=11), stack(method_rows, gap=8)], vertical=False, gap=12)
     methods = "the plain input gradient (see the note)" if plain else "guided backprop (top) and deconvnet (bottom)"
     of_channels = (f" and of the {len(channels)} channels of layer {layer} with the largest mean activation on "
@@ -101,8 +102,7 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
             channels = strongest_channels(activation, settings["recon_channels"]).indices
     results, notes, plain = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
     if not plain:
-        ctx.shared.update({method: {"shown": shown, "gradients": gradients[0]}
-                           for method, gradients in results.items()})
+        ctx.shared.gradients.update({key: GradientShared(shown, gradients[0]) for key, gradients in results.items()})
     blocks = []
     for row, index in enumerate(shown):
         class_index = int(classes[row])

@@ -6,16 +6,15 @@ Three kinds of evidence, on the first `--trust-images` gallery images and their 
 - faithfulness (Petsiuk et al. 2018; Chattopadhay et al. 2018): does removing the most salient pixels
   first destroy the prediction, and inserting them first restore it, faster than a random map does?
 - localisation (with `--boxes`): does the map's peak fall on the object, and how much of its mass?
-The maps of the trained model are those the CAM and reconstruction sections drew (ctx.shared) when
-they ran; only the randomised models' maps are new.
+The methods, their order and names are those of the one table (auditor.methods). The maps of the
+trained model are those the CAM and reconstruction sections drew (ctx.shared) when they ran; only the
+randomised models' maps are new.
 """
 
 from __future__ import annotations
 
 import io
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +30,12 @@ from auditor.context import AuditContext
 from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorize, stack, titled, to_jpeg
 from auditor.errors import AuditorError
+from auditor.inputs.models.heads import Head
+from auditor.methods import METHODS, cam_family, family, reusing
 from auditor.nn.folding import folded_batch_norms
 from auditor.option_checks import resolve_classes
 from auditor.techniques.cam import CamNotApplicable, cam_maps, choose_layer
-from auditor.techniques.reconstructions import (
-    RectifierNotSeenWarning,
-    deconvnet,
-    gradient,
-    gradient_saliency,
-    guided_backprop,
-    no_rectifier_messages,
-)
+from auditor.techniques.reconstructions import gradient_saliency, rectifier_warnings
 from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
 from auditor.techniques.trust.perturbation import (
     confidence_change,
@@ -56,12 +50,6 @@ from auditor.techniques.trust.randomization import (
 )
 from auditor.techniques.trust.similarity import spearman, ssim
 
-CAM_FAMILY = ("cam", "grad-cam", "grad-cam++")
-GRADIENTS: dict[str, Callable[..., torch.Tensor]] = {
-    "guided-backprop": guided_backprop, "deconvnet": deconvnet, "gradient": gradient}
-NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "guided-backprop": "Guided backprop",
-         "deconvnet": "Deconvnet", "guided-grad-cam": "Guided Grad-CAM", "gradient": "Gradient"}
-SHARED_GRADIENTS = {"guided-backprop": "guided backprop", "deconvnet": "deconvnet"}  # ctx.shared keys
 TILE_PX = 96
 
 
@@ -73,40 +61,54 @@ class Saliency:
     missing: dict[str, str]
 
 
-def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str, target: str,
+def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str, target: str, head: Head,
              known: dict[str, torch.Tensor] | None = None) -> Saliency:
-    """Every method's map of `targets` [N] on `x`; methods in `known` (already computed) are not redone."""
+    """Every method's map of `targets` [N] on `x`, in the table's order; methods in `known` (already
+    computed) are not redone, nor the gradients of a method no product still needs."""
     maps: dict[str, torch.Tensor] = {m: v.float().cpu() for m, v in (known or {}).items()}
     missing: dict[str, str] = {}
-    if not set(CAM_FAMILY) <= set(maps):
+    cams = [method.key for method in cam_family()]
+    if not set(cams) <= set(maps):
         try:
-            result = cam_maps(model, x, targets[:, None], layer, target=target)
-        except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out
-            missing.update({m: str(error) for m in (*CAM_FAMILY, "guided-grad-cam")})
+            result = cam_maps(model, x, targets[:, None], layer, target=target, head=head)
+        except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out, and its products
+            missing.update({key: str(error) for key, method in METHODS.items()
+                            if key in cams or set(method.reuses) & set(cams)})
         else:
-            for method in CAM_FAMILY:
-                if method in result.maps:
-                    maps.setdefault(method, result.maps[method][:, 0].float().cpu())
+            for key in cams:
+                if key in result.maps:
+                    maps.setdefault(key, result.maps[key][:, 0].float().cpu())
                 else:
-                    missing[method] = result.cam_unavailable or "not computed"
+                    missing[key] = result.unavailable.get(key) or "not computed"
     gradients: dict[str, torch.Tensor] = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RectifierNotSeenWarning)
-        for method, function in GRADIENTS.items():
-            if method not in maps or (method == "guided-backprop" and "guided-grad-cam" not in maps):
-                gradients[method] = function(model, x, targets).float().cpu()
-                maps.setdefault(method, gradient_saliency(gradients[method]))
-    blind = no_rectifier_messages(caught)
-    if blind:  # guided backprop and deconvnet are then the plain gradient: not scored under their names
-        for method in ("guided-backprop", "deconvnet"):
-            maps.pop(method, None)
-            missing[method] = next((b for b in blind if b.startswith(method.replace("-", " "))), blind[0])
-    if "guided-grad-cam" not in maps and "grad-cam" in maps and "guided-backprop" in gradients and not blind:
-        maps["guided-grad-cam"] = gradient_saliency(gradients["guided-backprop"] * maps["grad-cam"][:, None])
-    elif "guided-grad-cam" not in maps:
-        missing.setdefault("guided-grad-cam", missing.get("grad-cam") or missing.get("guided-backprop", ""))
-    order = [m for m in NAMES if m in maps]
-    return Saliency({m: maps[m] for m in order}, missing)
+    for method in family("gradient"):
+        if method.key in maps and all(product.key in maps for product in reusing(method.key)):
+            continue
+        with rectifier_warnings() as seen:
+            found = method.compute(model, x, targets).float().cpu()
+        if seen.plain:  # the plain gradient: not scored under the method's name
+            maps.pop(method.key, None)
+            missing[method.key] = seen.plain[0]
+        else:
+            gradients[method.key] = found
+            maps.setdefault(method.key, gradient_saliency(found))
+    for key, product in products(gradients, maps).items():
+        maps.setdefault(key, product)
+    for method in family("product"):
+        if method.key not in maps:
+            missing.setdefault(method.key, next((missing[k] for k in method.reuses if missing.get(k)), ""))
+    return Saliency({key: maps[key] for key in METHODS if key in maps}, missing)
+
+
+def products(gradients: dict[str, torch.Tensor], maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The maps of the products (Guided Grad-CAM) whose parts are all at hand: input gradients of the
+    gradient methods, [N, H, W] maps of the CAM methods, of the same images and classes."""
+    found: dict[str, torch.Tensor] = {}
+    for method in family("product"):
+        parts = [maps.get(key) if METHODS[key].family == "cam" else gradients.get(key) for key in method.reuses]
+        if all(part is not None for part in parts):
+            found[method.key] = gradient_saliency(method.compute(*parts))
+    return found
 
 
 def automatic_layer_name(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -122,16 +124,12 @@ def automatic_layer_name(model: nn.Module, x: torch.Tensor) -> str | None:
 def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
     """The trained model's maps that the CAM and reconstruction sections already computed for these images."""
     known: dict[str, torch.Tensor] = {}
-    cam = ctx.shared.get("cam")
-    if cam is not None and cam["shown"][:len(rows)] == rows:
-        known.update({m: maps[:len(rows)] for m, maps in cam["maps"].items()})
-    for method, key in SHARED_GRADIENTS.items():
-        shared = ctx.shared.get(key)
-        if shared is not None and shared["shown"][:len(rows)] == rows:
-            gradients = shared["gradients"][:len(rows)].float()
-            known[method] = gradient_saliency(gradients)
-            if method == "guided-backprop" and "grad-cam" in known:
-                known["guided-grad-cam"] = gradient_saliency(gradients * known["grad-cam"][:, None])
+    cam = ctx.shared.cam.rows(rows) if ctx.shared.cam is not None else None
+    known.update(cam or {})
+    gradients = {key: found.float() for key, shared in ctx.shared.gradients.items()
+                 if (found := shared.rows(rows)) is not None}
+    known.update({key: gradient_saliency(found) for key, found in gradients.items()})
+    known.update(products(gradients, known))
     return known
 
 
@@ -142,9 +140,10 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     labels: list[str] = []
     scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {"spearman": [], "ssim": []} for m in original.maps}
     step_maps = []
-    for label, randomised in randomization_cascade(ctx.module, steps, ctx.options.seed, example=x[:1]):
+    for label, randomised in ctx.progress.each(randomization_cascade(ctx.module, steps, ctx.options.seed,
+                                                                     example=x[:1]), "steps", total=steps):
         labels.append(label)
-        found = saliency(randomised, x, top, layer, target).maps
+        found = saliency(randomised, x, top, layer, target, ctx.head).maps
         step_maps.append(found)
         for method, trained in original.maps.items():
             after = found.get(method, torch.zeros_like(trained))
@@ -179,7 +178,7 @@ def localisation(ctx: AuditContext, path: str, layer: str, target: str) -> dict[
     keys = list(groups)
     x = ctx.inputs([i for i, _ in keys])
     targets = torch.tensor([c for _, c in keys], device=ctx.device)
-    found = saliency(ctx.module, x, targets, layer, target)
+    found = saliency(ctx.module, x, targets, layer, target, ctx.head)
     rects = [[b.rect for b in groups[key]] for key in keys]
     sizes = [ctx.images.sizes[i] for i, _ in keys]
     results = {}
@@ -198,8 +197,8 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
     (rank, structure), (delete, insert) = figure.subplots(2, 2)
     steps = np.arange(1, len(labels) + 1)
     for method, score in scores.items():
-        rank.plot(steps, score["spearman"].mean(dim=1).numpy(), marker="o", label=NAMES[method])
-        structure.plot(steps, score["ssim"].mean(dim=1).numpy(), marker="o", label=NAMES[method])
+        rank.plot(steps, score["spearman"].mean(dim=1).numpy(), marker="o", label=METHODS[method].name)
+        structure.plot(steps, score["ssim"].mean(dim=1).numpy(), marker="o", label=METHODS[method].name)
     for axis, title in ((rank, "Spearman rank correlation of |maps|"), (structure, "SSIM of maps")):
         axis.set_title(title, fontsize=10)
         axis.set_xticks(steps, [f"{i}: {label}" for i, label in zip(steps, labels)], rotation=35, ha="right",
@@ -227,6 +226,13 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
     return buffer.getvalue()
 
 
+def cascade_colours(cmap: str) -> str:
+    """The cascade's colours in words: each tile runs from zero to its own 99th percentile."""
+    if cmap == "jet":
+        return "jet: dark blue zero, dark red at the map's 99th percentile"
+    return f"{cmap}: its low end zero, its high end the map's 99th percentile"
+
+
 def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: list[str],
                     step_maps: list[dict[str, torch.Tensor]]) -> bytes:
     """One image: each method's map (rows) on the trained model, then after each randomisation step."""
@@ -237,10 +243,10 @@ def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: l
     for method, trained in original.maps.items():
         maps = [trained[0]] + [step.get(method, torch.zeros_like(trained))[0] for step in step_maps]
         # each tile to its own 99th percentile: gradient maps are heavy-tailed and would show black
-        tiles = [Image.fromarray(colorize(m.numpy(), "inferno", 0.0, float(np.percentile(m.numpy(), 99)) or 1.0))
+        tiles = [Image.fromarray(colorize(m.numpy(), ctx.options.colormap, 0.0, float(np.percentile(m.numpy(), 99)) or 1.0))
                  .resize((TILE_PX, TILE_PX)) for m in maps]
         label = Image.new("RGB", (TILE_PX, TILE_PX), "white")
-        rows.append(stack([titled(label, NAMES[method], size=10), *tiles], vertical=False, gap=3))
+        rows.append(stack([titled(label, METHODS[method].name, size=10), *tiles], vertical=False, gap=3))
     return to_jpeg(stack([titled(photo, ctx.images.names[index], size=10), *rows], gap=3))
 
 
@@ -249,23 +255,24 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     rows = ctx.gallery_indices()[:settings["trust_images"]]
     x = ctx.inputs(rows)
     top = ctx.forward.top_indices[rows, 0].clone().to(ctx.device)
-    cam = ctx.shared.get("cam", {})
-    layer = cam.get("layer") or ctx.options.settings.get("cam_layer") or automatic_layer_name(ctx.module, x)
-    target = cam.get("target") or ctx.options.settings.get("cam_target") or "logit"
-    original = saliency(ctx.module, x, top, layer, target, known_maps(ctx, rows))
+    cam = ctx.shared.cam
+    layer = (cam and cam.layer) or ctx.options.settings.get("cam_layer") or automatic_layer_name(ctx.module, x)
+    target = (cam and cam.target) or ctx.options.settings.get("cam_target") or "logit"
+    original = saliency(ctx.module, x, top, layer, target, ctx.head, known_maps(ctx, rows))
     steps = settings["trust_steps"]
     labels, scores, step_maps = cascade(ctx, x, top, layer, target, original, steps)
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
-    other_maps = saliency(ctx.module, x, other, layer, target).maps
+    other_maps = saliency(ctx.module, x, other, layer, target, ctx.head).maps
     methods = list(original.maps)
     stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
                                                                              ctx.options.seed)], dim=1)
     targets = top[:, None].expand(-1, stacked.shape[1]).to(x.device)
     with folded_batch_norms(ctx.module, ctx.module, x[:1]):  # hundreds of perturbed images through one model
         curves = deletion_insertion(ctx.module, x, stacked.to(x.device), targets, steps=steps + 1,
-                                    baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size))
+                                    baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size),
+                                    head=ctx.head)
         confidence = confidence_change(ctx.module, x, stacked.to(x.device), targets,
-                                       batch_size=max(16, ctx.options.batch_size))
+                                       batch_size=max(16, ctx.options.batch_size), head=ctx.head)
     boxes = localisation(ctx, settings["boxes"], layer, target) if settings["boxes"] else {}
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):
@@ -293,7 +300,8 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                "avg drop % ↓", "increase % ↑"] + (["pointing", "mass in box"] if boxes else [])
     table_rows = []
     for method, r in results.items():
-        row = [NAMES[method], r["randomization"]["verdict"], round(float(np.mean(r["randomization"]["spearman"])), 3),
+        row = [METHODS[method].name, r["randomization"]["verdict"],
+               round(float(np.mean(r["randomization"]["spearman"])), 3),
                None if r["random_logit_spearman"] is None else round(r["random_logit_spearman"], 3),
                f"{r['deletion_auc']:.3f} ± {r['deletion_auc_sd']:.3f}",
                f"{r['insertion_auc']:.3f} ± {r['insertion_auc_sd']:.3f}",
@@ -324,11 +332,11 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                                f"map to the trained model's as the weights are randomised cumulatively from the head "
                                f"down (dashed red: the {SANITY_THRESHOLD} threshold for the averaged Spearman). "
                                f"Bottom: mean deletion and insertion curves, with the random map dotted.",
-               plot(labels, scores, curves, [NAMES[m] for m in methods] + ["random map"]), "image/png",
+               plot(labels, scores, curves, [METHODS[m].name for m in methods] + ["random map"]), "image/png",
                alt="Randomisation and deletion / insertion curves per method."),
         Figure(f"trust-cascade-{ctx.images.names[rows[0]]}",
-               f"The randomisation test on {ctx.images.names[rows[0]]}: each method's map (rows, inferno: black low, "
-               f"yellow at the map's 99th percentile) on the trained model, then after each cumulative "
+               f"The randomisation test on {ctx.images.names[rows[0]]}: each method's map (rows, "
+               f"{cascade_colours(ctx.options.colormap)}) on the trained model, then after each cumulative "
                f"randomisation step. A method whose maps keep their shape as the model loses its weights shows "
                f"the image's edges, not the model.",
                cascade_picture(ctx, rows[0], original, labels, step_maps), "image/jpeg",
@@ -345,7 +353,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
             f"that pass the sanity check and beat the random map on both curves. Cost: {cost['forward_images']} "
             f"images through the model (its time is in the appendix); --trust-images and --trust-steps trade it "
             f"against precision.")
-    notes = [f"{NAMES[m]} is not scored: {why}" for m, why in original.missing.items() if why]
+    notes = [f"{METHODS[m].name} is not scored: {why}" for m, why in original.missing.items() if why]
     metrics = {"methods": results, "random_baseline": baseline, "baseline": curves.baseline,
                "images": [ctx.images.names[i] for i in rows], "threshold": SANITY_THRESHOLD, "cost": cost}
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes)

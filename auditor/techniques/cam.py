@@ -1,15 +1,18 @@
-"""CAM, Grad-CAM and Grad-CAM++: where a classifier looks for each image and class.
+"""CAM, Grad-CAM and Grad-CAM++: where a classifier looks for each image and class; and Guided Grad-CAM.
 
-`cam_maps` computes all three from one forward pass and one batched backward (all K classes of every
-image at once, gradients taken only with respect to the target layer's output); the three public
-one-method functions are thin views of it.
+`cam_maps` computes every CAM-family method of the one table (auditor.methods) from one forward pass
+and at most one batched backward (all K classes of every image at once, gradients taken only with
+respect to the target layer's output). Each method is one function of `CamInputs` (`cam_raw`,
+`grad_cam_raw`, `grad_cam_pp_raw`) that the table names; the public one-method functions are thin
+views of `cam_maps`. `guided_grad_cam` multiplies guided backprop by the upsampled Grad-CAM map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
+from auditor.inputs.models.heads import SOFTMAX, Head
 from auditor.nn.hooks import forward_hooks
 from auditor.nn.restore import audit_mode
 from auditor.techniques.cam_layers import (
@@ -29,14 +33,24 @@ from auditor.techniques.cam_layers import (
     detect_layout,
     resolve_layer,
 )
+from auditor.techniques.reconstructions import guided_backprop
 from auditor.techniques.tensor_ops import minmax
 
-__all__ = ["METHODS", "CamNotApplicable", "CamResult", "cam_maps", "choose_layer", "class_activation_map",
-           "grad_cam", "grad_cam_pp"]
+__all__ = ["CamInputs", "CamNotApplicable", "CamResult", "cam_maps", "cam_raw", "choose_layer",
+           "class_activation_map", "grad_cam", "grad_cam_pp", "grad_cam_pp_raw", "grad_cam_raw", "guided_grad_cam",
+           "guided_grad_cam_product"]
 
-Method = Literal["cam", "grad-cam", "grad-cam++"]
 Target = Literal["logit", "prob"]
-METHODS: tuple[Method, ...] = ("cam", "grad-cam", "grad-cam++")
+
+
+def __getattr__(name: str) -> Any:
+    """`cam.METHODS`: the CAM family's keys ("cam", "grad-cam", "grad-cam++"), in the order of the one
+    table (auditor.methods), read from it when asked for, since the table imports this module."""
+    if name == "METHODS":
+        from auditor.methods import cam_family
+
+        return tuple(method.key for method in cam_family())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -45,16 +59,17 @@ class CamResult:
 
     layer: TargetLayer  # the layer used, and why
     formed: str  # how the map was formed from the layer's output, in words
-    target: Target  # score differentiated: the logit or the softmax probability (CAM always uses weights)
+    target: Target  # score differentiated: the logit or the head's probability (CAM always uses weights)
     targets: torch.Tensor  # [N, K] class indices
     logits: torch.Tensor  # [N, classes] from the same forward pass
-    raw: dict[str, torch.Tensor]  # method -> [N, K, h, w] at the layer's resolution, before upsampling
-    maps: dict[str, torch.Tensor]  # method -> [N, K, H, W] upsampled to the input, min-max normalised
-    cam_unavailable: str | None = None  # why classic CAM does not apply, when it does not
+    raw: dict[str, torch.Tensor]  # method key -> [N, K, h, w] at the layer's resolution, before upsampling
+    maps: dict[str, torch.Tensor]  # method key -> [N, K, H, W] upsampled to the input, min-max normalised
+    unavailable: dict[str, str] = field(default_factory=dict)  # method key -> why it does not apply
 
     @property
-    def probabilities(self) -> torch.Tensor:
-        return self.logits.softmax(dim=1)
+    def cam_unavailable(self) -> str | None:
+        """Why classic CAM does not apply, when it does not."""
+        return self.unavailable.get("cam")
 
 
 @dataclass
@@ -80,44 +95,84 @@ def _last_linear_call(model: nn.Module) -> Iterator[list[_LinearCall]]:
         yield calls
 
 
-def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: LayerSpec = None, *,
-             target: Target = "logit", methods: Sequence[Method] = METHODS) -> CamResult:
-    """CAM, Grad-CAM and Grad-CAM++ maps for `targets` ([N] or [N, K] class indices) of images `x`.
+class CamInputs:
+    """What every CAM-family method's map is made of, from one forward pass: the target layer's output,
+    the scores, the classifier's last linear call; and the class gradients, from one batched backward taken the first time a
+    method asks for them (classic CAM never does)."""
 
-    One forward pass for all images, one batched backward for all K classes, in eval mode; the model
-    is left exactly as found. A method CAM cannot serve is left out of `maps`, with the reason in
-    `cam_unavailable`.
+    def __init__(self, layer: str, activation: torch.Tensor, layout: Layout, logits: torch.Tensor,
+                 targets: torch.Tensor, target: Target, linear: _LinearCall | None, head: Head) -> None:
+        self.layer = layer  # the target layer's name, for messages
+        self.features = layout.channels_first(activation.detach())  # [N, C, h, w]: the layer's output
+        self.logits = logits.detach()  # [N, classes]
+        self.targets = targets  # [N, K] class indices, on the logits' device
+        self.target = target  # the score differentiated: "logit" or "prob" (the head's probability)
+        self.linear = linear  # the forward pass's last nn.Linear call (classic CAM's class weights), if any
+        self.head = head  # how the logits become probabilities (softmax, or a sigmoid per output)
+        self._graph = (activation, layout, logits)  # still attached to the forward pass's graph
+
+    @cached_property
+    def gradients(self) -> torch.Tensor:
+        """d score[n, k] / d layer output[n], [N, K, C, h, w]: one batched backward for all K classes."""
+        activation, layout, logits = self._graph
+        return _class_gradients(_scores(logits, self.targets, self.target, self.head), activation, layout)
+
+
+def cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """Classic CAM, [N, K, h, w]: the head's class weights times the feature maps; CamNotApplicable
+    when the scores are not one linear layer on the spatial mean of the features."""
+    return _cam(inputs.linear, inputs.features, inputs.logits, inputs.targets, inputs.layer)
+
+
+def grad_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """Grad-CAM, [N, K, h, w]: the feature maps weighted by their mean gradient, ReLU."""
+    return _weighted_sum(inputs.gradients.mean(dim=(-2, -1)), inputs.features).relu()
+
+
+def grad_cam_pp_raw(inputs: CamInputs) -> torch.Tensor:
+    """Grad-CAM++, [N, K, h, w]: the feature maps weighted by the paper's closed-form weights, ReLU."""
+    return _weighted_sum(_grad_cam_pp_weights(inputs.gradients, inputs.features), inputs.features).relu()
+
+
+def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: LayerSpec = None, *,
+             target: Target = "logit", methods: Sequence[str] | None = None, head: Head = SOFTMAX) -> CamResult:
+    """The CAM-family maps (by default every one of the table: CAM, Grad-CAM, Grad-CAM++) for `targets`
+    ([N] or [N, K] class indices) of images `x`.
+
+    One forward pass for all images, at most one batched backward for all K classes, in eval mode; the
+    model is left exactly as found. `head` turns logits into the probabilities that target "prob"
+    differentiates (softmax unless the model's head is a sigmoid). A method that cannot serve is left out of `maps`, with the reason
+    in `unavailable` (classic CAM's also as `cam_unavailable`).
     """
+    from auditor.methods import cam_family  # the table imports this module
+
+    family = {method.key: method for method in cam_family()}
+    methods = list(family) if methods is None else list(methods)
     if target not in ("logit", "prob"):
         raise AuditorError(f"--cam-target: {target!r} is not a target; use logit or prob")
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(family))
     if unknown:
-        raise AuditorError(f"cam methods: unknown {', '.join(unknown)}; use {', '.join(METHODS)}")
+        raise AuditorError(f"cam methods: unknown {', '.join(unknown)}; use {', '.join(family)}")
     targets = _as_targets(targets, len(x))
     size = (x.shape[-2], x.shape[-1])
     with audit_mode(model):
         chosen = automatic_layer(model, x) if layer is None else resolve_layer(model, layer)
-        with torch.enable_grad(), capture_output(chosen.module) as captured, _last_linear_call(model) as head:
+        with torch.enable_grad(), capture_output(chosen.module) as captured, _last_linear_call(model) as linear:
             logits = model(x.detach())
         activation, layout = _checked_activation(chosen, captured.output, size)
         _check_logits(logits, targets)
         targets = targets.to(logits.device)
-        features = layout.channels_first(activation.detach())
+        inputs = CamInputs(chosen.name, activation, layout, logits, targets, target, linear[0] if linear else None,
+                           head)
         raw: dict[str, torch.Tensor] = {}
-        cam_unavailable = None
-        if "cam" in methods:
+        unavailable: dict[str, str] = {}
+        for key in (key for key in family if key in methods):  # the table's order
             try:
-                raw["cam"] = _cam(head[0] if head else None, features, logits.detach(), targets, chosen.name)
+                raw[key] = family[key].compute(inputs)
             except CamNotApplicable as error:
-                cam_unavailable = str(error)
-        if {"grad-cam", "grad-cam++"} & set(methods):
-            grads = _class_gradients(_scores(logits, targets, target), activation, layout)
-            if "grad-cam" in methods:
-                raw["grad-cam"] = _weighted_sum(grads.mean(dim=(-2, -1)), features).relu()
-            if "grad-cam++" in methods:
-                raw["grad-cam++"] = _weighted_sum(_grad_cam_pp_weights(grads, features), features).relu()
+                unavailable[key] = str(error)
     return CamResult(chosen, layout.describe(size), target, targets, logits.detach(), raw,
-                     {method: upsample_normalise(r, size) for method, r in raw.items()}, cam_unavailable)
+                     {method: upsample_normalise(r, size) for method, r in raw.items()}, unavailable)
 
 
 def choose_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
@@ -148,11 +203,30 @@ def grad_cam_pp(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: to
     return _one_method(model, layer, x, targets, target, "grad-cam++")
 
 
+def guided_grad_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+                    target: Target = "logit") -> torch.Tensor:
+    """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM map, pixel by
+    pixel, [N(,K),3,H,W]. Like guided backprop it reduces to the plain gradient (and warns so) when no
+    rectifier runs; reduce it to a map with reconstructions.gradient_saliency."""
+    columns = _as_targets(targets, len(x))  # [N, K]
+    maps = grad_cam(model, layer, x, columns, target=target)  # [N, K, H, W]
+    product = torch.stack([guided_grad_cam_product(guided_backprop(model, x, columns[:, k]), maps[:, k])
+                           for k in range(columns.shape[1])], dim=1)
+    return product[:, 0] if torch.as_tensor(targets).ndim == 1 else product
+
+
+def guided_grad_cam_product(guided: torch.Tensor, grad_cam_maps: torch.Tensor) -> torch.Tensor:
+    """Guided Grad-CAM from results already computed: guided backprop gradients [N, 3, H, W] times the
+    Grad-CAM maps of the same images and classes [N, H, W] (upsampled to the input), on the gradients'
+    device and dtype."""
+    return guided * grad_cam_maps.to(guided.device, guided.dtype)[:, None]
+
+
 def _one_method(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, target: Target,
-                method: Method) -> torch.Tensor:
+                method: str) -> torch.Tensor:
     result = cam_maps(model, x, targets, layer, target=target, methods=(method,))
     if method not in result.maps:
-        raise CamNotApplicable(f"CAM does not apply: {result.cam_unavailable}")
+        raise CamNotApplicable(f"CAM does not apply: {result.unavailable.get(method)}")
     maps = result.maps[method]
     return maps[:, 0] if torch.as_tensor(targets).ndim == 1 else maps
 
@@ -188,9 +262,9 @@ def _checked_activation(layer: TargetLayer, output: torch.Tensor | None,
     return output, layout
 
 
-def _scores(logits: torch.Tensor, targets: torch.Tensor, target: Target) -> torch.Tensor:
-    """[N, K] differentiable scores: the target logits or their softmax probabilities."""
-    return (logits.softmax(dim=1) if target == "prob" else logits).gather(1, targets)
+def _scores(logits: torch.Tensor, targets: torch.Tensor, target: Target, head: Head) -> torch.Tensor:
+    """[N, K] differentiable scores: the target logits or their probabilities by `head`."""
+    return (head.probabilities(logits) if target == "prob" else logits).gather(1, targets)
 
 
 def _class_gradients(scores: torch.Tensor, activation: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -223,22 +297,25 @@ def _grad_cam_pp_weights(grads: torch.Tensor, features: torch.Tensor) -> torch.T
     return (alpha * grads.relu()).sum(dim=(-2, -1))
 
 
-def _cam(head: _LinearCall | None, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+def _cam(linear: _LinearCall | None, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
          layer: str) -> torch.Tensor:
     """Classic CAM when the scores are a linear layer on the spatial mean of `features`, else the reason."""
-    if head is None:
+    if linear is None:
         raise CamNotApplicable("the model has no linear layer to take class weights from")
     pooled = features.mean(dim=(-2, -1))
-    if head.inputs.shape != pooled.shape:
+    if linear.inputs.shape != pooled.shape:
         raise CamNotApplicable(f"the head is not global average pooling + one linear layer: the last linear "
-                               f"layer {head.name!r} reads {tuple(head.inputs.shape[1:])} features, "
+                               f"layer {linear.name!r} reads {tuple(linear.inputs.shape[1:])} features, "
                                f"not the {pooled.shape[1]} channels of {layer!r}")
-    if not torch.allclose(head.inputs, pooled, rtol=1e-4, atol=1e-5 * float(pooled.abs().max())):
+    if not torch.allclose(linear.inputs, pooled, rtol=1e-4, atol=1e-5 * float(pooled.abs().max())):
         raise CamNotApplicable(f"the head is not global average pooling + one linear layer: the last linear "
-                               f"layer {head.name!r} does not read the spatial mean of {layer!r}")
-    if head.output.shape != logits.shape or not torch.allclose(head.output, logits, rtol=1e-4, atol=1e-5):
-        raise CamNotApplicable(f"the class scores are not the output of the last linear layer {head.name!r}")
-    return _weighted_sum(head.module.weight.detach()[targets], features)
+                               f"layer {linear.name!r} does not read the spatial mean of {layer!r}")
+    weight, output = linear.module.weight.detach(), linear.output
+    if output.shape[1] == 1 and logits.shape[1] == 2:  # a binary model's z, seen as [-z, z] (models/outputs.py)
+        weight, output = torch.cat([-weight, weight]), torch.cat([-output, output], dim=1)
+    if output.shape != logits.shape or not torch.allclose(output, logits, rtol=1e-4, atol=1e-5):
+        raise CamNotApplicable(f"the class scores are not the output of the last linear layer {linear.name!r}")
+    return _weighted_sum(weight[targets], features)
 
 
 def upsample_normalise(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -51,6 +51,9 @@ def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
     audit mode (eval, frozen parameters).
 
     Dependence is what rules out a ViT's final patch tokens (only the class token reaches the head).
+    Layers inside an attention module (Hugging Face's and timm's query, key and value projections) are
+    passed over: they hold queries, keys and values, not the features of each patch, so the choice is the
+    block's normalisation before its attention, as for torchvision's ViT.
     A module called several times (EfficientNet-Lite's shared ReLU6) counts by its last call, the one
     the capture hook keeps.
     """
@@ -70,8 +73,9 @@ def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
                            f"not {type(scores).__name__}")
     size = (x.shape[-2], x.shape[-1])
     last_call = {id(module): i for i, (_, module, _) in enumerate(calls)}
+    inside_attention = _inside_attention(model)
     candidates = [(name, module, out, layout) for i, (name, module, out) in enumerate(calls)
-                  if last_call[id(module)] == i and not isinstance(module, _RESAMPLING)
+                  if last_call[id(module)] == i and not isinstance(module, _RESAMPLING) and name not in inside_attention
                   and (layout := detect_layout(out.shape, size)) is not None]
     if not candidates:
         raise CamNotApplicable("--cam-layer: no layer of the model has a spatial output for this input size; "
@@ -85,6 +89,15 @@ def automatic_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:
                                              f"{h} x {w}) that the class scores depend on")
     raise CamNotApplicable("--cam-layer: the class scores depend on no spatial layer (every gradient is zero, as "
                            "with an all-zero head); give the layer with --cam-layer")
+
+
+def _inside_attention(model: nn.Module) -> set[str]:
+    """Names of the modules inside a module whose class name says attention (ViTSelfAttention, Attention...)."""
+    found: set[str] = set()
+    for name, module in model.named_modules():
+        if name and "attention" in type(module).__name__.lower():
+            found |= {f"{name}.{child}" for child, _ in module.named_modules() if child}
+    return found
 
 
 @dataclass

@@ -20,7 +20,7 @@ from auditor.errors import AuditorError
 from auditor.inputs.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from auditor.nn.folding import folded_batch_norms
 from auditor.nn.hooks import truncated_forward
-from auditor.nn.layers import channel_count, channels_first, resolve_layer, stage_layers
+from auditor.nn.layers import channel_count, channels_first, input_channels, resolve_layer, stage_layers
 from auditor.nn.memory_format import preferred_layout
 from auditor.nn.record_calls import record_calls
 from auditor.nn.restore import audit_mode
@@ -32,6 +32,7 @@ from auditor.techniques.parameterization import (
 )
 
 METHODS = ("pixel", "fourier")
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
 DEFAULT_SIZE = 112
 DEFAULT_STEPS = 48
 DEFAULT_CHANNEL_COUNT = 8
@@ -94,7 +95,7 @@ def default_layer(model: nn.Module, size: int = DEFAULT_SIZE) -> str:
     """The middle stage (resnet50: layer2; EfficientNet-Lite0: _blocks.7): mid-level textures and parts,
     and a truncated forward pass that costs about half the network."""
     dtype, device = _dtype_device(model)
-    stages = stage_layers(model, torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+    stages = stage_layers(model, _blank(model, size, dtype, device))
     if not stages:
         raise AuditorError("--max-layer: found no convolutional stage in the model; name a layer "
                            "(`auditor layers` lists them)")
@@ -107,7 +108,7 @@ def runnable_size(model: nn.Module, size: int, fallback: int) -> int:
     dtype, device = _dtype_device(model)
     try:
         with audit_mode(model), torch.no_grad():
-            model(torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+            model(_blank(model, size, dtype, device))
     except _REJECTED_INPUT:
         return fallback
     return size
@@ -145,8 +146,10 @@ def maximize_diverse(model: nn.Module, layer: str | nn.Module | None = None,
     return _maximize(model, layer, channels, copies, diversity, size, steps, method, seed, mean, std, lr, jitter)
 
 
-def receptive_field(model: nn.Module, layer: str | nn.Module, size: int, seed: int = 0) -> ReceptiveField:
-    """The receptive field of `layer` for square inputs of `size`, from input gradients: any architecture.
+def receptive_field(model: nn.Module, layer: str | nn.Module, size: int | tuple[int, int],
+                    seed: int = 0) -> ReceptiveField:
+    """The receptive field of `layer` for inputs of `size` (a side, or (height, width)), from input gradients:
+    any architecture. Boxes are searched on square inputs of the larger side.
 
     The gradient of one location's activations (all channels) with respect to a random input is nonzero
     exactly on the pixels that location sees. Two neighbouring central locations, two random inputs each
@@ -158,12 +161,15 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, size: int, seed: i
     name, module = resolve_layer(model, layer, "--max-layer")
     dtype, device = _dtype_device(model)
     generator = torch.Generator().manual_seed(seed)
+    height, width = (size, size) if isinstance(size, int) else size
+    size = max(height, width)
     with audit_mode(model), truncated_forward(model, module) as run:
-        map_size = _map_size(run, name, size, dtype, device)
+        map_size = _map_size(run, name, _blank(model, (height, width), dtype, device))
         probe = size
         for _ in range(3):
             try:
-                boxes, probe_map = _central_boxes(run, name, probe, dtype, device, generator)
+                boxes, probe_map = _central_boxes(run, name, probe, input_channels(model), dtype, device,
+                                                  generator)
             except _REJECTED_INPUT:
                 if probe == size:
                     raise
@@ -174,9 +180,9 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, size: int, seed: i
                 centre = ((probe_map[0] - 1) // 2, (probe_map[1] - 1) // 2)
                 origin = (first[0] - stride[0] * centre[0], first[1] - stride[1] * centre[1])
                 return ReceptiveField(origin, stride, (first[2] - first[0], first[3] - first[1]),
-                                      (size, size), map_size)
+                                      (height, width), map_size)
             probe *= 2
-    return ReceptiveField((0, 0), (0, 0), (size, size), (size, size), map_size)
+    return ReceptiveField((0, 0), (0, 0), (height, width), (height, width), map_size)
 
 
 def exemplars(activations: torch.Tensor, channels: Sequence[int], field: ReceptiveField,
@@ -210,17 +216,17 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
         targets = torch.tensor([c for c in chosen for _ in range(copies)], device=device)
         seeds = [_image_seed(seed, c, k) for c in chosen for k in range(copies)]
         image: _Image = (PixelImage if method == "pixel" else FourierImage).create(seeds, size, dtype, device)
-        shift = torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1)
-        scale = torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1)
+        to_input = _model_input(input_channels(model), mean, std, dtype, device)
         optimizer = torch.optim.Adam([image.parameter], lr=lr or LEARNING_RATES[method])
         generator = torch.Generator().manual_seed(seed)
         history = []
-        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
+        example = torch.randn(1, input_channels(model), size, size, generator=torch.Generator().manual_seed(seed))
+        example = example.to(device, dtype)
         with folded_batch_norms(model, module, example), truncated_forward(model, module) as run:
             layout = preferred_layout(run, example)
             for _ in range(steps):
                 rgb = image.rgb() if method == "pixel" else random_affine(image.rgb(), jitter, generator)
-                output = channels_first(run(((rgb - shift) / scale).contiguous(memory_format=layout)), (size, size))
+                output = channels_first(run(to_input(rgb).contiguous(memory_format=layout)), (size, size))
                 objective = _channel_means(output, targets)
                 loss = -objective.sum()
                 if copies > 1 and diversity:
@@ -231,7 +237,7 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
                 history.append(objective.detach())
             with torch.no_grad():
                 rgb = image.rgb()
-                normalised = ((rgb - shift) / scale).contiguous(memory_format=layout)
+                normalised = to_input(rgb).contiguous(memory_format=layout)
                 final = _channel_means(channels_first(run(normalised), (size, size)), targets)
     shape = (len(chosen), copies) if copies > 1 else (len(chosen),)
     return Maximization(name, method, chosen, rgb.detach().reshape(*shape, *rgb.shape[1:]).cpu(),
@@ -260,7 +266,7 @@ def _channel_count(model: nn.Module, name: str, size: int, dtype: torch.dtype, d
     """The layer's channel count, from one full forward pass on a blank image that also makes sure the
     layer runs exactly once: a shared module (Lite0's ReLU6) has no single output to maximise."""
     try:
-        calls = record_calls(model, torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+        calls = record_calls(model, _blank(model, size, dtype, device))
     except RuntimeError as error:
         raise AuditorError(f"--max-size: the model cannot run on {size}x{size} inputs "
                            f"({str(error).splitlines()[0]}); use a larger size") from None
@@ -278,6 +284,26 @@ def _dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     """The dtype and device of the model's first parameter or buffer (float32 on the CPU if none)."""
     tensor = next(iter([*model.parameters(), *model.buffers()]), torch.zeros(()))
     return tensor.dtype if tensor.is_floating_point() else torch.float32, tensor.device
+
+
+def _blank(model: nn.Module, size: int | tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One blank input of `size` (a side, or (height, width)) with the channels the model takes."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.zeros(1, input_channels(model), height, width, dtype=dtype, device=device)
+
+
+def _model_input(channels: int, mean: _Triple, std: _Triple, dtype: torch.dtype,
+                 device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """RGB images in [0, 1] -> the model's input, as auditor.inputs.preprocess.Preprocess makes it: normalised
+    RGB; for one channel the ITU-R 601 luma normalised by the first mean and std; for four an opaque alpha."""
+    shift = torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1)
+    scale = torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1)
+    luma = torch.tensor(_LUMA, dtype=dtype, device=device).view(1, 3, 1, 1)
+    if channels == 1:
+        return lambda rgb: ((rgb * luma).sum(dim=1, keepdim=True) - shift[:, :1]) / scale[:, :1]
+    if channels == 4:
+        return lambda rgb: torch.cat([(rgb - shift) / scale, torch.ones_like(rgb[:, :1])], dim=1)
+    return lambda rgb: (rgb - shift) / scale
 
 
 def _image_seed(seed: int, channel: int, copy: int) -> int:
@@ -298,29 +324,29 @@ def _gram_similarity(output: torch.Tensor, copies: int) -> torch.Tensor:
     return (similarity.sum(dim=(1, 2)) - similarity.diagonal(dim1=1, dim2=2).sum(dim=1)) / copies
 
 
-def _map_size(run: _Run, name: str, size: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
-    """(h, w) of the layer's map for one blank input of `size` ((1, 1) for a layer without a map)."""
+def _map_size(run: _Run, name: str, blank: torch.Tensor) -> tuple[int, int]:
+    """(h, w) of the layer's map for one blank input ((1, 1) for a layer without a map)."""
     with torch.no_grad():
-        output = _layer_output(run, name, torch.zeros(1, 3, size, size, dtype=dtype, device=device), size)
+        output = _layer_output(run, name, blank)
     return tuple(output.shape[2:4]) if output.ndim == 4 else (1, 1)
 
 
-def _layer_output(run: _Run, name: str, x: torch.Tensor, size: int) -> torch.Tensor:
-    """The layer's output for x (square, `size` px) as channels first where it has a spatial layout, or an
-    AuditorError if it has none to work with."""
+def _layer_output(run: _Run, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output for x as channels first where it has a spatial layout, or an AuditorError if it
+    has none to work with."""
     output = run(x)
     if not isinstance(output, torch.Tensor):
         raise AuditorError(f"--max-layer: {name!r} does not return a tensor (or never runs); choose another layer")
-    return channels_first(output, (size, size))
+    return channels_first(output, (x.shape[-2], x.shape[-1]))
 
 
-def _central_boxes(run: _Run, name: str, size: int, dtype: torch.dtype, device: torch.device,
+def _central_boxes(run: _Run, name: str, size: int, channels: int, dtype: torch.dtype, device: torch.device,
                    generator: torch.Generator) -> tuple[list[tuple[int, int, int, int]] | None, tuple[int, int]]:
     """The input boxes (y0, x0, y1, x1) seen by the central location and its lower-right neighbour, on
     two random inputs of `size` each; None when the layer has no map of at least 2x2 locations."""
-    x = torch.randn(4, 3, size, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    x = torch.randn(4, channels, size, size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     x.requires_grad_(True)
-    output = _layer_output(run, name, x, size)
+    output = _layer_output(run, name, x)
     if output.ndim != 4 or min(output.shape[2:]) < 2:
         return None, (1, 1)
     row, col = (output.shape[2] - 1) // 2, (output.shape[3] - 1) // 2

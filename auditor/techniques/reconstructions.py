@@ -15,8 +15,9 @@ it is positive. Other activations (Hardswish, SiLU, GELU, leaky ReLU) keep their
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,10 +41,42 @@ class NoRectifierWarning(RectifierNotSeenWarning):
     """No rectifier was seen at all: the result is wholly the plain input gradient, not the method's."""
 
 
-def no_rectifier_messages(caught: Sequence[warnings.WarningMessage]) -> list[str]:
-    """The messages of the NoRectifierWarnings among `caught`: the one rule for whether a result is the
-    plain gradient. A partly TorchScript model only warns: its other rectifiers are still replaced."""
-    return [str(w.message) for w in caught if issubclass(w.category, NoRectifierWarning)]
+@dataclass
+class RectifierWarnings:
+    """The RectifierNotSeenWarnings raised inside a `rectifier_warnings()` block, filled in when it ends."""
+
+    messages: list[str] = field(default_factory=list)  # every one, each once, in the order raised: for a note
+    plain: list[str] = field(default_factory=list)  # the NoRectifierWarnings among them: results that ARE
+    # the plain gradient. The one rule for that: a partly TorchScript model only warns (its other
+    # rectifiers are still replaced), so its results keep their method's name.
+
+
+@contextmanager
+def rectifier_warnings() -> Iterator[RectifierWarnings]:
+    """Record, instead of showing, the RectifierNotSeenWarnings of guided backprop and deconvnet run inside
+    the block, every time they are raised; any other warning is shown (or recorded) as it would be without it.
+
+        with rectifier_warnings() as seen:
+            gradients = guided_backprop(model, x, targets)
+        if seen.plain: ...  # no rectifier was seen: `gradients` is the plain input gradient
+    """
+    seen = RectifierWarnings()
+    with warnings.catch_warnings():  # restores the filters and showwarning however the block ends
+        warnings.simplefilter("always", RectifierNotSeenWarning)
+        show = warnings.showwarning
+
+        def record(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: Any = None, line: str | None = None) -> None:
+            if not issubclass(category, RectifierNotSeenWarning):
+                show(message, category, filename, lineno, file, line)
+                return
+            if str(message) not in seen.messages:
+                seen.messages.append(str(message))
+            if issubclass(category, NoRectifierWarning) and str(message) not in seen.plain:
+                seen.plain.append(str(message))
+
+        warnings.showwarning = record
+        yield seen
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],

@@ -153,8 +153,8 @@ def _masks(maps: torch.Tensor, boxes: Sequence[Sequence[Rect]], original_sizes: 
     if maps.ndim != 3 or len(boxes) != len(maps) or len(original_sizes) != len(maps):
         raise ValueError(f"need maps [N, H, W] with N box lists and N image sizes, not {tuple(maps.shape)}, "
                          f"{len(boxes)} and {len(original_sizes)}")
-    if tuple(maps.shape[-2:]) != (preprocess.crop, preprocess.crop):
-        raise ValueError(f"maps must be at the input size {preprocess.crop}, not {tuple(maps.shape[-2:])}")
+    if tuple(maps.shape[-2:]) != preprocess.crop_size:
+        raise ValueError(f"maps must be at the input size {preprocess.crop_size}, not {tuple(maps.shape[-2:])}")
     return torch.stack([_near_boxes(rects, size, preprocess, tuple(maps.shape[-2:]), tolerance, maps.device)
                         for rects, size in zip(boxes, original_sizes)])
 

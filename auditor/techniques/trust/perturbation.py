@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditorError
+from auditor.inputs.models.heads import SOFTMAX, Head
 from auditor.nn.restore import audit_mode
 from auditor.techniques.tensor_ops import gaussian_blur
 
@@ -88,14 +89,16 @@ def baseline_images(x: torch.Tensor, baseline: Baseline) -> tuple[torch.Tensor, 
 
 
 def deletion_insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 64) -> PerturbationCurves:
+                       steps: int = 16, baseline: Baseline = "blur", batch_size: int = 64,
+                       head: Head = SOFTMAX) -> PerturbationCurves:
     """Deletion and insertion curves and AUCs (Petsiuk et al. 2018) of each map for its image's target class.
 
     x: [N, 3, H, W] normalised inputs; maps: [N, H, W] or [N, M, H, W] (any resolution: bilinearly
     resized to H x W; only their order matters, ties broken by pixel position); targets: [N] or
     [N, M] class indices. At each of `steps` equal fractions f from 0 to 1, the round(f * H * W)
     most salient pixels are replaced by the baseline (deletion) or copied into the baseline
-    (insertion), and the softmax probability of the target class is read. The two end points are the
+    (insertion), and the probability of the target class is read (`head`'s: softmax unless the model's is
+    a sigmoid). The two end points are the
     same for every map of an image (the image, the baseline) and run once per image.
     """
     if steps < 2:
@@ -119,8 +122,8 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, ta
 
     with audit_mode(model), torch.inference_mode():
         both = torch.cat([x, base])
-        ends = _softmax(model, lambda jobs: both[jobs], 2 * count, batch_size, x.device)
-        inner = (_softmax(model, perturbed, len(image), batch_size, x.device) if len(image)
+        ends = _probabilities(model, lambda jobs: both[jobs], 2 * count, batch_size, head, x.device)
+        inner = (_probabilities(model, perturbed, len(image), batch_size, head, x.device) if len(image)
                  else ends.new_zeros((0, ends.shape[1])))  # two steps: the end points only
     inner_p = inner.gather(1, targets2[image, slot].unsqueeze(1)).view(count, per_image, steps - 2, 2)
     on_image = ends[:count].gather(1, targets2).unsqueeze(-1)
@@ -136,10 +139,10 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, ta
 
 
 def confidence_change(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                      batch_size: int = 64) -> ConfidenceChange:
+                      batch_size: int = 64, head: Head = SOFTMAX) -> ConfidenceChange:
     """Average drop and increase in confidence of each map (maps in [0, 1], shapes as in deletion_insertion).
 
-    y is the target's softmax probability on the image, o the same on the normalised input tensor
+    y is the target's probability (`head`'s) on the image, o the same on the normalised input tensor
     multiplied by the map, exactly as pytorch-grad-cam's metrics do (multiply_tensor_with_cam). On the
     pixels that is a blend towards the normalisation mean colour: mean + map * (pixel - mean), so a map
     of 0 leaves the "average" colour that carries no signal, not the black of the original paper's
@@ -151,9 +154,9 @@ def confidence_change(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, tar
     count, per_image = maps4.shape[:2]
     with audit_mode(model), torch.inference_mode():
         flat_maps = maps4.view(-1, 1, *maps4.shape[-2:])
-        plain = _softmax(model, lambda jobs: x[jobs], count, batch_size, x.device)
-        masked = _softmax(model, lambda jobs: x[jobs // per_image] * flat_maps[jobs], count * per_image,
-                          batch_size, x.device)
+        plain = _probabilities(model, lambda jobs: x[jobs], count, batch_size, head, x.device)
+        masked = _probabilities(model, lambda jobs: x[jobs // per_image] * flat_maps[jobs], count * per_image,
+                                batch_size, head, x.device)
     y = plain.gather(1, targets2)
     o = masked.view(count, per_image, -1).gather(2, targets2.unsqueeze(-1)).squeeze(-1)
     drop = (y - o).clamp_min(0) / y * 100
@@ -185,13 +188,13 @@ def _descending_ranks(maps: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order, dtype=torch.int32).scatter_(-1, order, positions)
 
 
-def _softmax(model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor], count: int, batch_size: int,
-             device: torch.device) -> torch.Tensor:
-    """Softmax outputs [count, classes] of make(job indices), `batch_size` images per forward pass."""
+def _probabilities(model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor], count: int, batch_size: int,
+                   head: Head, device: torch.device) -> torch.Tensor:
+    """The head's probabilities [count, classes] of make(job indices), `batch_size` images per forward pass."""
     if batch_size < 1:
         raise AuditorError(f"--batch-size: {batch_size} images per forward pass is not possible; use 1 or more")
     outputs = []
     for start in range(0, count, batch_size):
         jobs = torch.arange(start, min(start + batch_size, count), device=device)
-        outputs.append(model(make(jobs)).float().softmax(dim=1))
+        outputs.append(head.probabilities(model(make(jobs)).float()))
     return torch.cat(outputs)
