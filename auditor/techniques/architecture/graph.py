@@ -51,9 +51,16 @@ class Graph:
 def trace(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """Symbolically trace `module` and record each node's output shape on `example`.
 
-    Raises whatever torch.fx raises for code it cannot trace (data-dependent control flow, say).
+    Raises whatever torch.fx raises for code it cannot trace (data-dependent control flow, say). The
+    tracer stores the forward's tensor constants on the module it traces (`_tensor_constantN`, as
+    maxvit_t's); the traced copy keeps its own, and the user's module is given back without them.
     """
-    traced = torch.fx.symbolic_trace(module)
+    attributes = set(vars(module))
+    try:
+        traced = torch.fx.symbolic_trace(module)
+    finally:
+        for added in set(vars(module)) - attributes:
+            delattr(module, added)
     with torch.no_grad():
         ShapeProp(traced).propagate(example)
     return traced
