@@ -294,10 +294,46 @@ def test_labels_from_a_csv_count_as_folder_labels_and_several_labels_are_noted(t
     assert any("1 image has several true classes" in note for note in section.notes)
 
 
-def test_a_sigmoid_head_is_not_scored_as_one_class_per_image(tmp_path) -> None:
-    report = audit(write_folder(tmp_path, FOLDERS), head="sigmoid")
-    section = section_of(report)
-    assert not section.blocks and "sigmoid per label" in section.metrics["not_applicable"]
+def test_a_sigmoid_head_is_scored_per_label_as_scikit_learn_does(tmp_path) -> None:
+    from sklearn.metrics import average_precision_score
+
+    root = write_folder(tmp_path, FOLDERS)
+    # two images get a second true label: a multi-label ground truth
+    (tmp_path / "labels.csv").write_text("image,class\nred/2.png,red\nred/2.png,green\ngreen/1.png,green\n"
+                                         "green/1.png,red\n")
+    model = colour_model(CLASSES)
+    images = load_images(root, model.preprocess, model.class_names, tmp_path / "labels.csv")
+    report = toolkit.audit(model, "performance", images=images, head="sigmoid", threshold=0.9)
+    metrics = section_of(report).metrics
+    x = images.tensors
+    with torch.no_grad():
+        probabilities = torch.sigmoid(model.module(x)).numpy()
+    truth = np.zeros_like(probabilities, dtype=int)
+    for row, labels in enumerate(images.label_sets):
+        truth[row, list(labels)] = 1
+    said = (probabilities >= 0.9).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, said, zero_division=0)
+    ap = average_precision_score(truth, probabilities, average=None)
+    by_label = {entry["class"]: entry for entry in metrics["per_label"]}
+    for c, name in enumerate(CLASSES):
+        entry = by_label[name]
+        assert (entry["precision"], entry["recall"], entry["f1"], entry["support"]) == pytest.approx(
+            (precision[c], recall[c], f1[c], support[c]))
+        assert entry["average_precision"] == pytest.approx(ap[c])
+    assert metrics["mean_average_precision"] == pytest.approx(float(np.mean(ap)))
+    assert metrics["macro_f1"] == pytest.approx(float(np.mean(f1)))
+    assert metrics["exact_match"] == pytest.approx(float(np.mean((truth == said).all(axis=1))))
+
+
+def test_average_precision_with_ties_and_no_positives() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from auditor.techniques.performance import average_precision
+
+    scores = np.array([0.9, 0.8, 0.8, 0.8, 0.3, 0.1])
+    positive = np.array([1, 0, 1, 1, 0, 1], dtype=bool)
+    assert average_precision(scores, positive) == pytest.approx(average_precision_score(positive, scores))
+    assert np.isnan(average_precision(scores, np.zeros(6, dtype=bool)))
 
 
 def test_pair_examples_come_from_one_cam_call_within_the_batch_size(tmp_path, monkeypatch) -> None:

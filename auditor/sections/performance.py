@@ -35,7 +35,9 @@ from auditor.techniques.performance import (
     ECE_BINS,
     Counts,
     Performance,
+    label_scores,
     matrix_classes,
+    mean_average_precision,
     pair_examples,
     summarise,
     worst_first,
@@ -338,13 +340,43 @@ def summary_text(result: Performance, total: int) -> str:
             f"{calibration_text(result)}")
 
 
+def label_section(heading: Heading, ctx: AuditContext, labels: list[int | None]) -> Section:
+    """A multi-label head: per-label precision, recall, F1 and average precision, and their means."""
+    rows = [i for i, label in enumerate(labels) if label is not None]
+    forward, names, threshold = ctx.forward, ctx.class_names, ctx.head.threshold
+    truth = [ctx.images.label_sets[i] if ctx.images.label_sets[i] else (labels[i],) for i in rows]
+    scores = label_scores(forward.probabilities[rows].numpy(), [forward.predicted[i] for i in rows], truth)
+    present = [s for s in scores if s.support]
+    mean_ap, macro_f1 = mean_average_precision(scores), float(np.mean([s.f1 for s in present]))
+    exact = float(np.mean([set(forward.predicted[i]) == set(t) for i, t in zip(rows, truth)]))
+    table_rows = [[names[s.index], round(s.precision, 3), round(s.recall, 3), round(s.f1, 3),
+                   round(s.average_precision, 3), s.support, s.predicted]
+                  for s in sorted(present, key=lambda s: (s.f1, s.average_precision, -s.support, s.index))]
+    table = Table("performance-per-label",
+                  f"Per label, over the {len(rows)} labelled images, worst first (lowest F1): precision, recall and "
+                  f"F1 of the labels predicted at probability {threshold:g} or more, average precision over every "
+                  f"image's probability of the label, the images that have it and those predicted to.",
+                  ["label", "precision", "recall", "F1", "average precision", "images", "predicted"], table_rows,
+                  folded=len(table_rows) > FOLD_ROWS)
+    text = (f"The model's head is a sigmoid per label (multi-label), so each label is scored on its own: over the "
+            f"{len(rows)} images with known labels, mean average precision is {mean_ap:.3f} and macro F1 "
+            f"{macro_f1:.3f} over the {len(present)} labels that some image has; {exact:.1%} of the images are "
+            f"predicted with exactly their labels. A confusion matrix and a reliability diagram of the top class "
+            f"do not apply to independent labels.")
+    metrics = {"labelled_images": len(rows), "threshold": threshold, "mean_average_precision": mean_ap,
+               "macro_f1": macro_f1, "exact_match": exact,
+               "per_label": [{"class": names[s.index], "precision": s.precision, "recall": s.recall, "f1": s.f1,
+                              "average_precision": s.average_precision, "support": s.support,
+                              "predicted": s.predicted} for s in present]}
+    return Section(heading.name, heading.title, text=text, blocks=[table], metrics=metrics)
+
+
 def performance_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     labels = labels_of(ctx)
     if all(label is None for label in labels):
         return not_applicable(heading, no_labels(ctx))
-    if multi_label(ctx):  # the extension point for per-label precision, recall, F1 and mean average precision
-        return not_applicable(heading, "the model's head is a sigmoid per label (multi-label); per-label scores "
-                                       "are not yet computed")
+    if multi_label(ctx):
+        return label_section(heading, ctx, labels)
     counts = count(ctx, labels)
     result = summarise(counts)
     names = ctx.class_names

@@ -8,9 +8,9 @@ weighted F1, balanced accuracy, the expected calibration error (Guo et al. 2017)
 and the most confused pairs. Numbers follow scikit-learn's definitions (zero_division=0), with macro F1
 and balanced accuracy averaged over the classes that have images.
 
-Torch-free: arrays in, numbers out. A multi-label (sigmoid) head would add its own running counts
-(per-label true and false positives at a threshold, and per-label score histograms for average
-precision) beside these, not change them.
+A multi-label (sigmoid) head is scored per label instead (`label_scores`): precision, recall and F1 of
+the head's predicted sets, and average precision from the probabilities the shared forward pass already
+holds. Torch-free: arrays in, numbers out.
 """
 
 from __future__ import annotations
@@ -268,3 +268,60 @@ def pair_examples(labels: Sequence[int | None], predicted: Any, confidence: Any,
         order = sorted(rows.tolist(), key=lambda i: (-confidence[i], i))
         found.append(order[:per_pair])
     return found
+
+
+# ---------------------------------------------------------------- multi-label (sigmoid) heads
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label of a multi-label head: each image either has it or not, and is predicted to or not."""
+
+    index: int
+    precision: float
+    recall: float
+    f1: float
+    support: int  # images that have the label
+    predicted: int  # images predicted to have it
+    average_precision: float  # over every image's probability of the label (NaN without any positive)
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Average precision as scikit-learn computes it: sum over the distinct thresholds, from the highest,
+    of (R_n - R_(n-1)) P_n; NaN when no image is positive."""
+    positives = int(positive.sum())
+    if not positives:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last image of each distinct score
+    hits = np.cumsum(positive)[last]
+    precision, recall = hits / (last + 1), hits / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def label_scores(probabilities: np.ndarray, predicted: Sequence[Sequence[int]],
+                 truth: Sequence[Sequence[int]]) -> list[LabelScore]:
+    """Per-label precision, recall, F1 (the head's predicted sets against the true sets) and average
+    precision (the probabilities), for every label, over the images given (those with known labels)."""
+    count, labels = probabilities.shape
+    has = np.zeros((count, labels), dtype=bool)
+    said = np.zeros((count, labels), dtype=bool)
+    for row, (true_set, predicted_set) in enumerate(zip(truth, predicted, strict=True)):
+        has[row, list(true_set)] = True
+        said[row, list(predicted_set)] = True
+    scores = []
+    for c in range(labels):
+        hits, support, guessed = int((has[:, c] & said[:, c]).sum()), int(has[:, c].sum()), int(said[:, c].sum())
+        precision = hits / guessed if guessed else 0.0
+        recall = hits / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append(LabelScore(c, precision, recall, f1, support, guessed,
+                                 average_precision(probabilities[:, c], has[:, c])))
+    return scores
+
+
+def mean_average_precision(scores: Sequence[LabelScore]) -> float:
+    """The mean of the labels' average precisions, over the labels that some image has (NaN if none)."""
+    values = [s.average_precision for s in scores if s.support]
+    return float(np.mean(values)) if values else float("nan")
