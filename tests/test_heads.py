@@ -106,3 +106,19 @@ def test_multi_label_probabilities_are_independent_sigmoids() -> None:
     for entry, row in zip(report.sections[0].metrics["images"], expected):
         probabilities = [top["probability"] for top in sorted(entry["top"], key=lambda t: t["class"])]
         assert probabilities == pytest.approx(row.tolist(), abs=1e-5)
+
+
+def test_a_binary_threshold_decides_the_predicted_class_everywhere(binary, tmp_path: Path) -> None:
+    """With --threshold 0.05 every image is 'sick' (P(sick) > 0.05), though most are more probably healthy."""
+    module, loaded = binary
+    for name in ("healthy", "sick"):
+        (tmp_path / name).mkdir()
+    for i, photo in enumerate(sorted(Path(load_images(None).paths[0]).parent.glob("*.png"))[:4]):
+        (tmp_path / ("healthy" if i % 2 else "sick") / photo.name).write_bytes(photo.read_bytes())
+    report = audit(loaded, ("predictions", "performance"), images=tmp_path, threshold=0.05)
+    performance = next(s for s in report.sections if s.technique == "performance")
+    assert performance.error is None and "confusion_matrix" in performance.metrics, (performance.error, performance.notes)
+    performance = performance.metrics
+    assert performance["confusion_matrix"]["counts"] == [[0, 2], [0, 2]]  # rows true healthy, sick
+    predictions = next(s for s in report.sections if s.technique == "predictions").metrics
+    assert predictions["accuracy"]["top1"] == 0.5

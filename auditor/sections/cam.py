@@ -134,7 +134,8 @@ def mistakes_figure(ctx: AuditContext, result: CamResult, p: Plan, wrong: list[i
     rows = []
     for row in wrong:
         index = p.shown[row]
-        predicted, true = int(ctx.forward.top_indices[index, 0]), ctx.images.labels[index]
+        predicted, true = (ctx.forward.predicted[index] or [int(ctx.forward.top_indices[index, 0])])[0], \
+            ctx.images.labels[index]
         photo = titled(ctx.photo(index, TILE_PX),
                        ctx.images.names[index], size=11)
         tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], f"{kind}: {class_title(ctx, index, c)}")
@@ -207,9 +208,8 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     blocks: list[Any] = [image_figure(ctx, result, p, row, target_text)
                          for row in ctx.progress.each(range(len(p.shown)), "images")]
     blocks.append(class_figure(ctx, result, p))
-    labels = [ctx.images.labels[index] for index in p.shown]
-    wrong = [row for row, (index, label) in enumerate(zip(p.shown, labels))
-             if label is not None and int(ctx.forward.top_indices[index, 0]) != label]
+    wrong = [row for row, index in enumerate(p.shown)
+             if ctx.images.correct(index, ctx.forward.predicted[index]) is False]
     if wrong:
         blocks.append(mistakes_figure(ctx, result, p, wrong))
     guided, guided_note = guided_figure(ctx, result, p, batch)

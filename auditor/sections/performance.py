@@ -70,14 +70,24 @@ def multi_label(ctx: AuditContext) -> bool:
     return getattr(head, "kind", "softmax") == "sigmoid"
 
 
+def ranked(ctx: AuditContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's top-k classes and their probabilities, the predicted class first: the most probable,
+    or for a binary head the class its threshold gives, whatever its probability."""
+    forward = ctx.forward
+    if forward.head.kind != "binary":
+        return forward.top_indices, forward.top_probabilities
+    predicted = torch.tensor([classes[0] for classes in forward.predicted])
+    top = torch.stack([predicted, 1 - predicted], dim=1)[:, :forward.top_indices.shape[1]]
+    return top, forward.probabilities.gather(1, top)
+
+
 def count(ctx: AuditContext, labels: list[int | None]) -> Counts:
     """Running counts over the forward pass, CHUNK images at a time."""
-    forward = ctx.forward
-    counts = Counts(len(ctx.class_names), k=forward.top_indices.shape[1])
+    top, probabilities = ranked(ctx)
+    counts = Counts(len(ctx.class_names), k=top.shape[1])
     for start in range(0, len(labels), CHUNK):
         stop = min(start + CHUNK, len(labels))
-        counts.add(labels[start:stop], forward.top_indices[start:stop].numpy(),
-                   forward.top_probabilities[start:stop].numpy(), start)
+        counts.add(labels[start:stop], top[start:stop].numpy(), probabilities[start:stop].numpy(), start)
     return counts
 
 
@@ -215,9 +225,8 @@ def example_figures(ctx: AuditContext, result: Performance, settings: dict[str, 
     pairs = [(t, p) for t, p, _ in result.most_confused[:settings["confused_examples"]]]
     if not pairs:
         return [], [], None
-    forward = ctx.forward
-    chosen = pair_examples(labels, forward.top_indices[:, 0].numpy(), forward.top_probabilities[:, 0].numpy(), pairs,
-                           settings["confused_images"])
+    top, probabilities = ranked(ctx)
+    chosen = pair_examples(labels, top[:, 0].numpy(), probabilities[:, 0].numpy(), pairs, settings["confused_images"])
     images = [i for found in chosen for i in found]
     targets = torch.tensor([pair for pair, found in zip(pairs, chosen) for _ in found], dtype=torch.long)
     cam = getattr(ctx.shared, "cam", None)  # the CAM section's layer and target, when it ran first
@@ -229,7 +238,7 @@ def example_figures(ctx: AuditContext, result: Performance, settings: dict[str, 
     size = max(1, ctx.options.batch_size)  # one batched call when they fit in --batch-size (the default does)
     try:
         parts = [cam_maps(ctx.module, ctx.inputs(images[i:i + size]), targets[i:i + size].to(ctx.device), layer,
-                          target=target, methods=("grad-cam",)) for i in range(0, len(images), size)]
+                          target=target, methods=("grad-cam",), head=ctx.head) for i in range(0, len(images), size)]
     except CamNotApplicable as error:
         return [], entries, f"The confused pairs' examples have no Grad-CAM maps: {error}."
     maps = parts[0]
