@@ -140,15 +140,14 @@ class RunOptions:
                      type=click.Path(file_okay=False))
     pdf: bool = _flag(True, "Also write report.pdf.")
     figures: bool = _flag(False, "Also write every figure as its own file in OUT/figures/ (PNG/JPEG, SVG where "
-                          "vector, with a PDF copy of each SVG), named figNN-technique-subject, every table as CSV, "
-                          "and figures/figures.tex: every figure and table for a LaTeX document (needs only "
-                          "graphicx and booktabs; \\input{figures/figures.tex}).")
+                          "vector), named figNN-technique-subject, every table as CSV, and figures.tex: all of them "
+                          "for a LaTeX document, with a PDF copy of each SVG (it needs only graphicx and booktabs).")
     figure_dpi: int = _flag(200, "With --figures: pixels per inch of the raster figure files, at the size each "
                             "figure prints in report.pdf (96 pixels per inch, at most the text width); "
                             "figures.tex includes them at that size.", type=click.IntRange(50, 1200))
     colormap: str = _flag("jet", "Matplotlib colour map of the saliency overlays, heat maps and their colour bars "
-                          "(default jet: blue low, red high). For colour-blind readers and grayscale print choose "
-                          "cividis or viridis.", type=_Parsed(lambda name: _colormap(name), "NAME"))
+                          "(default jet: blue low, red high). For readers with colour blindness and for grayscale "
+                          "print, choose cividis or viridis.", type=_Parsed(_colormap, "NAME"))
     device: str = _flag("auto", "cpu, cuda, cuda:N, or auto (CUDA when present).")
     seed: int = _flag(0, "Random seed: same inputs and seed, same numbers.")
     batch_size: int = _flag(16, "Images per forward pass.", type=click.IntRange(1))
@@ -177,8 +176,9 @@ class RunOptions:
         """These options with every declared technique option parsed and defaulted; a bad value names its flag."""
         try:
             settings = complete_settings(self.settings, options)
+            _colormap(self.colormap)  # given from Python, not through the flag's parser
         except ValueError as error:
-            raise AuditorError(str(error)) from None
+            raise AuditorError(f"--colormap: {error}" if "colour map" in str(error) else str(error)) from None
         return self.replace(settings=settings, declared=options)
 
     def of(self, technique: type | object) -> dict[str, Any]:

@@ -113,9 +113,8 @@ class AuditContext:
     @cached_property
     def forward(self) -> Forward:
         """One batched, gradient-free forward pass over all images, computed once and shared."""
-        advance = self.progress(len(self.images), "images")
-        logits = forward_pass(self.module, (batch for _, batch in self.batches() if not advance(len(batch))),
-                              self.model.spec)
+        batches = self.progress.each((batch for _, batch in self.batches()), "images", len(self.images), len)
+        logits = forward_pass(self.module, batches, self.model.spec)
         head = choose_head(self.options.head, logits.shape[1], binary=self.model.binary,
                            multi_label=self.model.multi_label, threshold=self.options.threshold)
         return Forward.of(logits, head, self.options.top_k)

@@ -37,14 +37,16 @@ class Progress:
     def __call__(self, total: int | None, unit: str) -> Advance:
         return self.bar(total, unit)
 
-    def each(self, items: Iterable[T], unit: str, total: int | None = None) -> Iterator[T]:
-        """`items`, advancing the count by one as each is taken (total: len(items) when it has one)."""
+    def each(self, items: Iterable[T], unit: str, total: int | None = None,
+             count: Callable[[T], int] | None = None) -> Iterator[T]:
+        """`items`, the count advancing once the caller is done with each (by `count(item)`, default 1; total:
+        len(items) when it has one)."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
         advance = self.bar(total, unit)
         for item in items:
             yield item
-            advance()
+            advance(1 if count is None else count(item))
 
 
 class Callback(Progress):

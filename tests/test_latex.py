@@ -50,10 +50,9 @@ def tiny_named():
 def test_escape_leaves_no_bare_special() -> None:
     text = escape("a & b % c $ d # e _ f { g } h ~ i ^ j \\ k × ✓ → ≥ é ü “q” — …")
     assert text.isascii()
-    for expected in (r"a \& b \% c \$ d \# e \_ f \{ g \} h \textasciitilde{} i \textasciicircum{} j "
-                     r"\textbackslash{} k \ensuremath{\times} \ensuremath{\surd} \ensuremath{\rightarrow} "
-                     r"\ensuremath{\geq} \'{e} \"{u} ``q'' --- \ldots{}",):
-        assert text == expected
+    assert text == (r"a \& b \% c \$ d \# e \_ f \{ g \} h \textasciitilde{} i \textasciicircum{} j "
+                    r"\textbackslash{} k \ensuremath{\times} \ensuremath{\surd} \ensuremath{\rightarrow} "
+                    r"\ensuremath{\geq} \'{e} \"{u} ``q'' --- \ldots{}")
     assert escape("features.12.conv_layer") == r"features.\allowbreak{}12.\allowbreak{}conv\_\allowbreak{}layer"
 
 
@@ -73,7 +72,7 @@ def test_figures_tex_compiles_in_a_report_with_every_caption_and_figure(tmp_path
     assert tex.isascii()
 
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "main.tex"], cwd=thesis,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     log = (thesis / "main.log").read_text(errors="replace")
     assert done.returncode == 0, "\n".join(line for line in log.splitlines() if line.startswith("!")) or log[-3000:]
     assert "Missing character" not in log and "Unicode character" not in log

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "auditor"
 # Imported by `auditor run --help`, by plugins and by the renderers: no torch at import.
 TORCH_FREE = ("auditor.report", "auditor.report.html", "auditor.report.pdf", "auditor.report.manifest",
               "auditor.report.files", "auditor.report.svg", "auditor.document", "auditor.options",
-              "auditor.declarations", "auditor.registry", "auditor.config", "auditor.cli")
+              "auditor.declarations", "auditor.registry", "auditor.config", "auditor.cli", "auditor.progress",
+              "auditor.report.maps", "auditor.report.schema", "auditor.compare")
 
 
 def module_name(path: Path) -> str:

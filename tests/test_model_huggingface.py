@@ -257,3 +257,17 @@ def test_cam_on_a_hugging_face_vit_agrees_with_pytorch_grad_cam(tmp_path):
             theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
         for a, b in zip(ours.maps[method][:, 0].numpy().reshape(3, -1), theirs.reshape(3, -1), strict=True):
             assert a.std() > 0 and float(np.corrcoef(a, b)[0, 1]) > 0.99, method
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_technique_runs_on_a_hugging_face_model(tmp_path, name):
+    from tests.toolkit import CHEAP, assert_unchanged, audit, snapshot
+
+    folder, _, _ = save(tmp_path, name)
+    loaded = load_model(str(folder))
+    before = snapshot(loaded.user_module)
+    report = audit(loaded, (), top_k=2, **CHEAP)
+    assert not report.failed, [(s.technique, s.error) for s in report.failed]
+    cam = next(s for s in report.sections if s.technique == "cam")
+    assert cam.metrics.get("methods"), cam.notes  # Grad-CAM and Grad-CAM++ at least, at the automatic layer
+    assert_unchanged(loaded.user_module, before)

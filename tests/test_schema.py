@@ -32,11 +32,12 @@ def fresh() -> dict:
     return json.loads(render_json(report))
 
 
-def test_the_schema_is_draft_2020_12_and_versioned() -> None:
-    found = schema()
+@pytest.mark.parametrize("kind", ["report", "compare"])
+def test_the_schemas_are_draft_2020_12_and_versioned(kind: str) -> None:
+    found = _validator(kind).schema
     assert found["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert found["$id"].endswith(":v1")
-    assert "report" in schema_kinds()
+    assert found["$id"] == f"urn:auditor:schema:{kind}.json:v1"
+    assert schema_kinds() == ["report", "compare"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
@@ -66,6 +67,7 @@ def test_a_broken_report_is_not(fresh: dict, break_it) -> None:
     assert not _validator().is_valid(broken)
 
 
-def test_auditor_schema_prints_it() -> None:
-    result = CliRunner().invoke(cli, ["schema"], catch_exceptions=False)
-    assert result.exit_code == 0 and json.loads(result.output) == schema()
+@pytest.mark.parametrize("kind", ["report", "compare"])
+def test_auditor_schema_prints_it(kind: str) -> None:
+    result = CliRunner().invoke(cli, ["schema", *([kind] if kind != "report" else [])], catch_exceptions=False)
+    assert result.exit_code == 0 and json.loads(result.output) == schema(kind)

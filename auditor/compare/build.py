@@ -133,6 +133,14 @@ def _delta(x: Any, y: Any) -> float | None:
     return y - x if isinstance(x, (int, float)) and isinstance(y, (int, float)) else None
 
 
+def _on(matrix: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """A confusion matrix {classes, counts} on `classes` (a class it lacks had no image and no prediction)."""
+    where = [classes.index(c) for c in matrix["classes"]]
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    counts[np.ix_(where, where)] = np.asarray(matrix["counts"], dtype=np.int64)
+    return counts
+
+
 def accuracy_section(a: Run, b: Run) -> Section:
     """Accuracy and per-class deltas when labels are known; the confusion-matrix delta when both have one."""
     perf_a, perf_b = a.section("performance"), b.section("performance")
@@ -168,16 +176,13 @@ def accuracy_section(a: Run, b: Run) -> Section:
     notes = []
     cm_a, cm_b = ma.get("confusion_matrix"), mb.get("confusion_matrix")
     if cm_a and cm_b:
-        if cm_a["classes"] == cm_b["classes"]:
-            delta = (np.asarray(cm_b["counts"]) - np.asarray(cm_a["counts"])).tolist()
-            metrics["confusion_delta"] = {"classes": cm_a["classes"], "counts": delta}
-            blocks.append(Table("compare-confusion", "Confusion-matrix delta: run B's counts minus run A's (rows: "
-                                                     "true class, columns: predicted). Positive off the diagonal: "
-                                                     "more of that mistake in B.",
-                                ["true \\ predicted", *cm_a["classes"]],
-                                [[name, *row] for name, row in zip(cm_a["classes"], delta)]))
-        else:
-            notes.append("The two confusion matrices are over different classes, so no delta is shown.")
+        classes = list(dict.fromkeys([*cm_a["classes"], *cm_b["classes"]]))  # a class absent from one: all zero
+        delta = (_on(cm_b, classes) - _on(cm_a, classes)).tolist()
+        metrics["confusion_delta"] = {"classes": classes, "counts": delta}
+        blocks.append(Table("compare-confusion", "Confusion-matrix delta: run B's counts minus run A's (rows: true "
+                                                 "class, columns: predicted), over the classes either matrix has. "
+                                                 "Positive off the diagonal: more of that mistake in B.",
+                            ["true \\ predicted", *classes], [[name, *row] for name, row in zip(classes, delta)]))
     elif cm_a or cm_b:
         notes.append("Only one run has a confusion matrix (the performance section), so no delta is shown.")
     return Section("accuracy", "Accuracy and per-class deltas", blocks=blocks, metrics=metrics, notes=notes,
@@ -232,8 +237,10 @@ def maps_section(a: Run, b: Run) -> Section:
     if moved:
         from auditor.drawing import colorbar, stack, to_png
 
-        lines = [stack([_colour_tile(p["maps"][0], f"A: {p['image']}"), _colour_tile(p["maps"][1], f"B: {p['method']}")],
-                       vertical=False, gap=4) for p in moved]
+        from auditor.drawing import titled
+
+        lines = [titled(stack([_colour_tile(p["maps"][0], "before (A)"), _colour_tile(p["maps"][1], "after (B)")],
+                              vertical=False, gap=4), f"{p['image']} · {p['method']}", size=12) for p in moved]
         captions = [f"{p['image']} ({p['method']}, ρ {p['spearman'] if p['spearman'] is None else round(p['spearman'], 2)}, "
                     f"IoU {p['iou_top20']:.2f})" for p in moved]
         grid = stack([stack(lines[i:i + 2], vertical=False, gap=16) for i in range(0, len(lines), 2)], gap=10)

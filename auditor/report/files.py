@@ -70,12 +70,15 @@ def print_width(pixels: float, hint: str = "") -> float:
     return min(pixels / CSS_PX_PER_INCH, TEXT_WIDTH_IN * share)
 
 
-def at_dpi(data: bytes, mime: str, dpi: int, hint: str = "") -> tuple[bytes, float]:
+def at_dpi(data: bytes, mime: str, dpi: int, hint: str = "") -> tuple[bytes, float | None]:
     """A raster figure resampled to `dpi` pixels per inch at its print size, with the dpi in its metadata,
     and that print width in inches. Resampling adds no detail the figure did not have: it makes the file
     print sharp at that size (and tells LaTeX and word processors the size)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError):  # a plugin's figure Pillow cannot read: the file as given, at the line width
+        return data, None
     inches = print_width(image.width, hint)
     width = max(1, round(inches * dpi))
     if abs(width - image.width) > 1:

@@ -118,13 +118,13 @@ def table_environments(numbered: Numbered) -> list[str]:
     for part, rows in enumerate(chunks):
         last = part == len(chunks) - 1
         caption = escape(table.caption) + (" (continued)" if part else "")
-        lines = [f"\\begin{{table}}[htbp]\n  \\centering\n"]
+        lines = ["\\begin{table}[htbp]\n  \\centering\n"]
         if part:
             lines.append("  \\addtocounter{table}{-1}\n")
         lines.append(f"  \\caption{{{caption}}}\n")
         if not part:
             lines.append(f"  \\label{{{label('Table', numbered.number, table.key)}}}\n")
-        lines.append("  \\small\n")
+        lines.append("  \\smallskip\n  \\small\n")  # a caption above a table: LaTeX puts no space below it
         lines.append("  \\resizebox{\\linewidth}{!}{%\n" if wide else "")
         lines.append(f"  \\begin{{tabular}}{{@{{}}{align}@{{}}}}\n    \\toprule\n")
         lines.append(_row(table.columns))
