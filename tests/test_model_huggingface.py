@@ -234,7 +234,7 @@ def test_cam_on_a_hugging_face_vit_agrees_with_pytorch_grad_cam(tmp_path):
         loaded.module.get_submodule("classifier").weight.mul_(100)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     layer = cam.choose_layer(loaded.module, x).name
-    assert layer.endswith("layers.1.layernorm_before")
+    assert layer.endswith("1.layernorm_before")  # the last block (transformers 4: encoder.layer.1, 5: layers.1)
     with torch.no_grad():
         targets = loaded.module(x).argmax(dim=1)
     ours = cam.cam_maps(loaded.module, x, targets, layer, methods=("grad-cam", "grad-cam++"))
