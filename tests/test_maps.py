@@ -22,13 +22,13 @@ def test_the_cam_maps_are_kept_by_image_hash(tmp_path: Path) -> None:
     data = (tmp_path / MAPS_FILE).read_bytes()
     record = json.loads((tmp_path / "report.json").read_text())["record"]
     assert record["maps"]["file"] == MAPS_FILE and record["maps"]["sha256"] == hashlib.sha256(data).hexdigest()
-    cam = next(s for s in record and report.sections if s.technique == "cam")
+    cam = next(s for s in report.sections if s.technique == "cam")
     hashes = {f["name"]: f["sha256"] for f in record["images"]["files"]}
     shown = record["images"]["gallery"]["shown"]
     expected = {f"{hashes[name]}/{method}" for name in shown for method in cam.metrics["methods"]}
     maps = load(data)
     assert set(maps) == expected == set(record["maps"]["keys"])
-    for key, heat in maps.items():
+    for heat in maps.values():
         assert heat.dtype == np.float16 and heat.shape == (8, 8)  # tiny: 32 px, two stride-2 convolutions
         assert 0 <= float(heat.min()) and float(heat.max()) <= 1
     assert all(v.dtype == np.float32 for v in read_maps(tmp_path).values())

@@ -51,8 +51,12 @@ def _written_lines(stdout: str, out: Path) -> list[str]:
 
 
 def test_a_bar_per_technique_on_a_terminal(tmp_path: Path) -> None:
-    terminal, stdout, status = _under_terminal(_command(tmp_path))
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")  # 2 names for 5 outputs: a warning while the bars run
+    terminal, stdout, status = _under_terminal(_command(tmp_path, "--labels", str(names)))
     assert status == 0, terminal
+    warnings = [line for line in terminal.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "--labels: the model has 5 outputs but 2 class names" in warnings[0]
     assert "forward pass" in terminal and "[1/2] predictions" in terminal
     assert "[2/2] cam" in terminal and "100%" in terminal and " images" in terminal  # the CAM gallery, counted
     assert "<00:00" in terminal  # the time left
@@ -67,7 +71,7 @@ def test_quiet_on_a_terminal_shows_no_bar(tmp_path: Path) -> None:
 
 
 def test_without_a_terminal_only_the_written_files(tmp_path: Path) -> None:
-    done = subprocess.run(_command(tmp_path), capture_output=True, text=True, cwd=ROOT, env=_environment())
+    done = subprocess.run(_command(tmp_path), check=False, capture_output=True, text=True, cwd=ROOT, env=_environment())
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.splitlines() == _written_lines(done.stdout, tmp_path)

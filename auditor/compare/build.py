@@ -155,8 +155,8 @@ def accuracy_section(a: Run, b: Run) -> Section:
     metrics: dict[str, Any] = {"overall": [{"metric": r[0], "a": r[1], "b": r[2], "delta": r[3]} for r in rows]}
     if all(r[1] is None and r[2] is None for r in rows):
         return Section("accuracy", "Accuracy and per-class deltas", metrics=metrics,
-                       notes=["No labels are known in both runs (subfolders named after classes, or --labels-csv): "
-                              "there is no accuracy to compare."])
+                       notes=[("No labels are known in both runs (subfolders named after classes, or --labels-csv): "
+                               "there is no accuracy to compare.")])
     blocks.append(Table("compare-accuracy", "Accuracy and the other scores of each run, and the change from A to B "
                                             "(B − A; the first row on the images both runs have).",
                         ["score", "run A", "run B", "change"], rows))
@@ -235,9 +235,7 @@ def maps_section(a: Run, b: Run) -> Section:
     moved = sorted(pairs, key=lambda p: (p["spearman"] if p["spearman"] is not None else -2, p["iou_top20"]))
     moved = [p for p in moved if (p["spearman"] or 0) < 1 - 1e-6 or p["iou_top20"] < 1 - 1e-6][:GALLERY]
     if moved:
-        from auditor.drawing import colorbar, stack, to_png
-
-        from auditor.drawing import titled
+        from auditor.drawing import colorbar, stack, titled, to_png
 
         lines = [titled(stack([_colour_tile(p["maps"][0], "before (A)"), _colour_tile(p["maps"][1], "after (B)")],
                               vertical=False, gap=4), f"{p['image']} · {p['method']}", size=12) for p in moved]

@@ -57,8 +57,10 @@ def load_run(folder: str | Path, which: str = "RUN") -> Run:
         raise AuditorError(f"{which}: {report} is not JSON ({error})") from None
     if not isinstance(data, dict) or "record" not in data or data["record"].get("kind") == "compare":
         raise AuditorError(f"{which}: {report} is not an audit's report.json")
+    from safetensors import SafetensorError
+
     try:
         maps = read_maps(path)
-    except Exception as error:  # a damaged file: say which, compare without maps would hide it
+    except (OSError, SafetensorError) as error:  # a damaged file: say which, compare without maps would hide it
         raise AuditorError(f"{which}: cannot read {path / 'maps.safetensors'} ({error})") from None
     return Run(path, data, maps, hashlib.sha256(raw).hexdigest())
