@@ -74,7 +74,7 @@ def run_audit(
         ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)
         try:
             check_references(options, model.module, model.name, ctx.class_names)
-            _check_label_count(model, ctx.forward.logits.shape[1])
+            label_notes = _label_count_notes(model, ctx.forward.logits.shape[1])
             for index, technique in enumerate(run_order(techniques)):
                 shown.close()
                 shown.start(technique.name, index, len(techniques))
@@ -85,18 +85,21 @@ def run_audit(
     sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
     record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout,
                           ctx.head)
+    record["model"]["notes"] = [*model.notes, *label_notes]  # a copy: the caller's LoadedModel stays as it was
     return Report(record, sections, findings(record, sections, {key: m.name for key, m in METHODS.items()}))
 
 
-def _check_label_count(model: LoadedModel, outputs: int) -> None:
-    """A class-name list (--labels, a config) that does not match the outputs: one warning and a record note."""
+def _label_count_notes(model: LoadedModel, outputs: int) -> list[str]:
+    """A class-name list (--labels, a config) that does not match the outputs: one warning, and the note for
+    the record (the LoadedModel, the caller's, is not changed)."""
     names = len(model.class_names)
-    if names and names != outputs:
-        message = (f"the model has {outputs} outputs but {names} class names were given; "
-                   + ("the last names are not used" if names > outputs else
-                      f"outputs {names} to {outputs - 1} are called 'class i'"))
-        log.warning("--labels: %s", message)
-        model.notes.append(f"Class names: {message}.")
+    if not names or names == outputs:
+        return []
+    message = (f"the model has {outputs} outputs but {names} class names were given; "
+               + ("the last names are not used" if names > outputs else
+                  f"outputs {names} to {outputs - 1} are called 'class i'"))
+    log.warning("--labels: %s", message)
+    return [f"Class names: {message}."]
 
 
 def run_order(techniques: list[Any]) -> list[Any]:

@@ -176,9 +176,12 @@ class RunOptions:
         """These options with every declared technique option parsed and defaulted; a bad value names its flag."""
         try:
             settings = complete_settings(self.settings, options)
-            _colormap(self.colormap)  # given from Python, not through the flag's parser
         except ValueError as error:
-            raise AuditorError(f"--colormap: {error}" if "colour map" in str(error) else str(error)) from None
+            raise AuditorError(str(error)) from None
+        try:
+            _colormap(self.colormap)  # also when given from Python, not through the flag's parser
+        except ValueError as error:
+            raise AuditorError(f"--colormap: {error}") from None
         return self.replace(settings=settings, declared=options)
 
     def of(self, technique: type | object) -> dict[str, Any]:

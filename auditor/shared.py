@@ -35,6 +35,7 @@ class CamShared:
     layer: str  # the target layer's name: later CAM maps (trust's randomised copies) use the same one
     target: str  # the score differentiated: "logit" or "prob"
     maps: dict[str, torch.Tensor]  # method key ("cam", "grad-cam", "grad-cam++") -> [N, H, W] in [0, 1]
+    unavailable: dict[str, str] = field(default_factory=dict)  # method key -> why it does not apply (classic CAM)
 
     def rows(self, rows: list[int]) -> dict[str, torch.Tensor] | None:
         """The maps of images `rows`, when they lead `shown`; else None."""

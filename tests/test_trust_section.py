@@ -53,6 +53,24 @@ def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch
     assert trust.metrics["cost"]["cascade_steps"] == 2 and trust.metrics["images"] == ["astronaut.png", "camera.png"]
 
 
+def test_a_model_without_a_cam_head_reuses_the_cam_sections_maps_too(monkeypatch) -> None:
+    """Classic CAM does not apply (the head reads a flattened map, not its mean): the trust section takes that
+    reason from the CAM section instead of running cam_maps on the trained model again."""
+    import auditor.sections.trust as trust_module
+
+    calls: list[int] = []
+    original = trust_module.cam_maps
+    monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 16 * 16, 3)).eval()
+    report = audit(model, ("cam", "trust"), trust_steps=2, trust_images=2)
+    assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
+    assert len(calls) == 3  # the 2 randomised steps and the other class
+    trust = report.sections[0]
+    assert "cam" not in trust.metrics["methods"] and any(note.startswith("CAM is not scored") for note in trust.notes)
+
+
 def test_boxes_give_pointing_game_and_mass(tmp_path) -> None:
     torch.manual_seed(0)
     model = load_model(tiny(6), input_size=64)

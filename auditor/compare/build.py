@@ -14,12 +14,12 @@ import numpy as np
 
 from auditor import __version__
 from auditor.compare.runs import Run
-from auditor.compare.similarity import TOP_FRACTION, same_grid, spearman, top_iou
+from auditor.compare.similarity import TOP_FRACTION, spearman, top_iou
+from auditor.config import RunOptions
 from auditor.document import Figure, Finding, Report, Section, Table
 
-GALLERY = 6  # image and method pairs shown in the moved-maps gallery
+GALLERY = RunOptions.gallery_images  # image and method pairs shown in the moved-maps gallery
 TILE_PX = 128
-COLORMAP = "jet"
 RECORD_FIELDS = [  # (label, path in the record)
     ("model name", ("model", "name")), ("model spec", ("model", "spec")), ("model kind", ("model", "kind")),
     ("weights", ("model", "weights")), ("model hash (state dict sha256)", ("model", "state_dict_sha256")),
@@ -189,10 +189,10 @@ def accuracy_section(a: Run, b: Run) -> Section:
                    text="Scores from each run's report.json; the change is run B's minus run A's.")
 
 
-def _colour_tile(heat: np.ndarray, title: str) -> Any:
+def _colour_tile(heat: np.ndarray, title: str, colormap: str) -> Any:
     from auditor.drawing import colorize, titled, upscale
 
-    picture = upscale(colorize(heat, COLORMAP, 0.0, 1.0), TILE_PX)
+    picture = upscale(colorize(heat, colormap, 0.0, 1.0), TILE_PX)
     return titled(picture, title, size=11)
 
 
@@ -210,7 +210,7 @@ def maps_section(a: Run, b: Run) -> Section:
     pairs = []
     for sha in (h for h in mb if h in ma):
         for method in (m for m in mb[sha] if m in ma[sha]):
-            before, after = same_grid(ma[sha][method], mb[sha][method])
+            before, after = ma[sha][method], mb[sha][method]  # each tile is upscaled on its own
             pairs.append({"image": name_of.get(sha, sha[:12]), "sha256": sha, "method": method,
                           "spearman": spearman(before, after), "iou_top20": top_iou(before, after),
                           "maps": (before, after)})
@@ -237,16 +237,18 @@ def maps_section(a: Run, b: Run) -> Section:
     if moved:
         from auditor.drawing import colorbar, stack, titled, to_png
 
-        lines = [titled(stack([_colour_tile(p["maps"][0], "before (A)"), _colour_tile(p["maps"][1], "after (B)")],
+        colormap = b.record.get("options", {}).get("colormap", RunOptions.colormap)  # run B's, as audited
+        lines = [titled(stack([_colour_tile(p["maps"][0], "before (A)", colormap),
+                               _colour_tile(p["maps"][1], "after (B)", colormap)],
                               vertical=False, gap=4), f"{p['image']} · {p['method']}", size=12) for p in moved]
         captions = [f"{p['image']} ({p['method']}, ρ {p['spearman'] if p['spearman'] is None else round(p['spearman'], 2)}, "
                     f"IoU {p['iou_top20']:.2f})" for p in moved]
         grid = stack([stack(lines[i:i + 2], vertical=False, gap=16) for i in range(0, len(lines), 2)], gap=10)
-        picture = stack([grid, colorbar(COLORMAP, 0.0, 1.0, 300, "map value (each map scaled to its maximum)")],
+        picture = stack([grid, colorbar(colormap, 0.0, 1.0, 300, "map value (each map scaled to its maximum)")],
                         gap=8)
         blocks.append(Figure("compare-moved-maps", "The maps that moved most, before (run A, left) and after (run B, "
                              "right), lowest Spearman first: " + "; ".join(captions) + ". Drawn from the kept maps "
-                             "alone at the layer's resolution (no photo is stored), jet colours, red high.",
+                             "alone at the layer's resolution (no photo is stored), in " + colormap + " colours.",
                              to_png(picture), "image/png", alt="Before and after maps of the images that moved most."))
     per_image = [{k: v for k, v in p.items() if k != "maps"} for p in pairs]
     text = (f"{len({p['sha256'] for p in pairs})} images have CAM maps in both runs' maps.safetensors. "

@@ -29,13 +29,11 @@ def output_folder(out: str | Path) -> Path:
     return folder
 
 
-def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: bool = False,
-                 figure_dpi: int | None = None) -> dict[str, Path]:
+def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: bool = False) -> dict[str, Path]:
     """Write the report files into `out` (created if needed); return their paths. maps.safetensors is written
     when a section kept arrays (the CAM maps), and an older one is removed when none did.
 
-    `figure_dpi` (--figure-dpi) is the raster figure files' resolution; by default the one in the record's
-    options, else 200.
+    The raster figure files' resolution is the record's --figure-dpi.
 
     Everything is rendered, then written into a hidden staging folder inside `out`, then moved into
     place: a failure (a full disk, Ctrl-C) leaves the folder as it was, never half a report.
@@ -55,7 +53,7 @@ def write_report(report: Report, out: str | Path, *, pdf: bool = True, figures: 
             write_atomic(staging / name, data)
         if figures:
             options = report.record.get("options", {}) if isinstance(report.record, dict) else {}
-            write_figures(report, staging / "figures", figure_dpi or options.get("figure_dpi") or DEFAULT_DPI)
+            write_figures(report, staging / "figures", options.get("figure_dpi", DEFAULT_DPI))
         written = {}
         for kind, (name, _) in rendered.items():
             os.replace(staging / name, folder / name)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from auditor.config import RunOptions
 from auditor.document import Cards, Figure, Report, Table
 from auditor.drawing import card_sheet
 from auditor.report.latex import render_latex
@@ -60,7 +61,7 @@ def table_csv(table: Table) -> bytes:
 
 CSS_PX_PER_INCH = 96  # the size a figure has in report.html and report.pdf
 TEXT_WIDTH_IN = 182 / 25.4  # report.pdf's text width: A4 less 14 mm margins
-DEFAULT_DPI = 200
+DEFAULT_DPI = RunOptions.figure_dpi
 
 
 def print_width(pixels: float, hint: str = "") -> float:

@@ -217,7 +217,7 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
     ctx.shared.cam = CamShared(p.shown, result.layer.name, result.target,
                                {m: torch.stack([maps[row, column] for row, column in enumerate(top)]).cpu()
-                                for m, maps in result.maps.items()})
+                                for m, maps in result.maps.items()}, dict(result.unavailable))
     rows, per_image = [], []
     for row, index in enumerate(p.shown):
         entries = []

@@ -62,13 +62,14 @@ class Saliency:
 
 
 def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str, target: str, head: Head,
-             known: dict[str, torch.Tensor] | None = None) -> Saliency:
+             known: dict[str, torch.Tensor] | None = None, unavailable: dict[str, str] | None = None) -> Saliency:
     """Every method's map of `targets` [N] on `x`, in the table's order; methods in `known` (already
-    computed) are not redone, nor the gradients of a method no product still needs."""
+    computed) or `unavailable` (known not to apply, with why) are not redone, nor the gradients of a method
+    no product still needs."""
     maps: dict[str, torch.Tensor] = {m: v.float().cpu() for m, v in (known or {}).items()}
-    missing: dict[str, str] = {}
+    missing: dict[str, str] = dict(unavailable or {})
     cams = [method.key for method in cam_family()]
-    if not set(cams) <= set(maps):
+    if not set(cams) <= set(maps) | set(missing):
         try:
             result = cam_maps(model, x, targets[:, None], layer, target=target, head=head)
         except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out, and its products
@@ -258,7 +259,9 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     cam = ctx.shared.cam
     layer = (cam and cam.layer) or ctx.options.settings.get("cam_layer") or automatic_layer_name(ctx.module, x)
     target = (cam and cam.target) or ctx.options.settings.get("cam_target") or "logit"
-    original = saliency(ctx.module, x, top, layer, target, ctx.head, known_maps(ctx, rows))
+    shared_cam = ctx.shared.cam if ctx.shared.cam is not None and ctx.shared.cam.rows(rows) is not None else None
+    original = saliency(ctx.module, x, top, layer, target, ctx.head, known_maps(ctx, rows),
+                        shared_cam.unavailable if shared_cam is not None else None)
     steps = settings["trust_steps"]
     labels, scores, step_maps = cascade(ctx, x, top, layer, target, original, steps)
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)

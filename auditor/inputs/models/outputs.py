@@ -22,7 +22,6 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.inputs.models.loaded import LoadedModel, first_line
-from auditor.nn.layers import input_channels
 
 TENSOR = "tensor"
 LOGITS_ATTRIBUTE = "logits attribute"
@@ -179,7 +178,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.__dict__["inner"] if isinstance(module, LogitsAdapter) else module
 
 
-def probe(module: nn.Module, size: tuple[int, int], batch: int = 2) -> Any:
+def probe(module: nn.Module, size: tuple[int, int], channels: int, batch: int = 2) -> Any:
     """One forward on a seeded random batch, in eval mode without gradients; the module's flags are restored."""
     from auditor.nn.restore import audit_mode
 
@@ -187,7 +186,7 @@ def probe(module: nn.Module, size: tuple[int, int], batch: int = 2) -> Any:
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     device = reference.device if reference is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, input_channels(module), *size, generator=generator).to(device=device, dtype=dtype)
+    x = torch.randn(batch, channels, *size, generator=generator).to(device=device, dtype=dtype)
     with audit_mode(module), torch.no_grad():
         return module(x)
 
@@ -203,7 +202,7 @@ def adapt_output(loaded: LoadedModel) -> None:
     module = loaded.module
     batch = 2
     try:
-        output = probe(module, loaded.preprocess.crop_size, batch)
+        output = probe(module, loaded.preprocess.crop_size, loaded.preprocess.channels, batch)
     except Exception as error:  # a model that needs other inputs: the audit's forward will say
         loaded.output = NOT_PROBED
         loaded.notes.append(f"The model's output could not be probed ({first_line(error)}); it is used as it "
