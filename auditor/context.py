@@ -17,7 +17,7 @@ from PIL import Image
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
 from auditor.forward import Forward, forward_pass, output_class_names
-from auditor.inputs.images import Gallery, ImageSet
+from auditor.inputs.images import Gallery, ImageSet, on_white
 from auditor.inputs.models import LoadedModel
 from auditor.inputs.models.heads import Head, choose_head
 from auditor.nn.memory_format import preferred_layout
@@ -107,7 +107,7 @@ class AuditContext:
         resized to size × size if given."""
         image = self.images.photo(index)
         if image.mode == "RGBA":
-            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+            image = on_white(image)
         return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
 
     @cached_property

@@ -191,10 +191,14 @@ def decode(data: bytes, keep_alpha: bool = False) -> Image.Image:
     if keep_alpha:
         return image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+        return on_white(image)
     return image.convert("RGB")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency as RGB, composited on white."""
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 def match_label(folder: str, class_names: Sequence[str]) -> int | None:

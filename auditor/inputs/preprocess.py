@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,18 @@ def pattern_image(size: tuple[int, int] = (131, 97)) -> Image.Image:
     disc = np.exp(-(((x - 0.3 * width) / (0.25 * width)) ** 2 + ((y - 0.6 * height) / (0.3 * height)) ** 2))
     channels = [x / width, y / height, 0.2 + 0.6 * disc]
     return Image.fromarray((np.stack(channels, -1) * 255).round().astype(np.uint8))
+
+
+def compare_preprocessing(preprocess: Preprocess, library: Callable[[Image.Image], torch.Tensor],
+                          what: str) -> str | None:
+    """How `preprocess` differs from a library's own (`library`: a test pattern -> its input tensor), in words;
+    None when they agree. A library call that fails (other arguments, another version) is said so too."""
+    image = pattern_image()
+    try:
+        return disagreement(preprocess, library(image), image)
+    except Exception as error:  # a library that wants other arguments: nothing to compare
+        reason = next(iter(str(error).splitlines()), "") or type(error).__name__
+        return f"could not be compared with {what} ({reason})"
 
 
 def disagreement(preprocess: Preprocess, reference: torch.Tensor, image: Image.Image) -> str | None:

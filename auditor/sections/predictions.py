@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
 from auditor.context import AuditContext
 from auditor.document import Bar, Card, Cards, Heading, Section, Table
@@ -11,17 +11,17 @@ from auditor.drawing import to_jpeg
 FOLD_ROWS = 50  # a longer per-image table is folded in the HTML and left out of the PDF (about a page)
 
 
-def accuracy(top_indices: torch.Tensor, predicted: list[list[int]], label_sets: list[tuple[int, ...]],
-             labels: list[int | None]) -> dict[str, float | int] | None:
-    """Top-1 accuracy (the predicted classes are exactly the true ones: the top class, or the labels a
-    multi-label head predicts) and top-k accuracy (the true class among the k most probable) over the
-    labelled images; None when no image has a known class."""
-    known = [i for i, label in enumerate(labels) if label is not None]
+def accuracy(ctx: AuditContext, indices: Sequence[int]) -> dict[str, float | int] | None:
+    """Top-1 accuracy (the predicted classes are exactly the true ones, ImageSet.correct: the top class, or
+    the labels a multi-label head predicts) and top-k accuracy (the true class among the k most probable)
+    over the labelled images among `indices`; None when none has a known class."""
+    images, forward = ctx.images, ctx.forward
+    known = [i for i in indices if images.labels[i] is not None]
     if not known:
         return None
-    top1 = sum(set(predicted[i]) == set(label_sets[i]) for i in known) / len(known)
-    topk = sum(labels[i] in top_indices[i].tolist() for i in known) / len(known)
-    return {"labelled_images": len(known), "top1": top1, f"top{top_indices.shape[1]}": topk}
+    top1 = sum(bool(images.correct(i, forward.predicted[i])) for i in known) / len(known)
+    topk = sum(images.labels[i] in forward.top_indices[i].tolist() for i in known) / len(known)
+    return {"labelled_images": len(known), "top1": top1, f"top{forward.top_indices.shape[1]}": topk}
 
 
 def per_class_accuracy(ctx: AuditContext) -> dict[int, dict[str, float | int]]:
@@ -30,10 +30,7 @@ def per_class_accuracy(ctx: AuditContext) -> dict[int, dict[str, float | int]]:
     for i, label in enumerate(ctx.images.labels):
         if label is not None:
             rows.setdefault(label, []).append(i)
-    forward, images = ctx.forward, ctx.images
-    return {label: accuracy(forward.top_indices[rows[label]], [forward.predicted[i] for i in rows[label]],
-                            [images.label_sets[i] for i in rows[label]], [label] * len(rows[label]))
-            for label in sorted(rows)}
+    return {label: accuracy(ctx, rows[label]) for label in sorted(rows)}
 
 
 def truth(ctx: AuditContext, index: int) -> tuple[str | None, bool | None]:
@@ -113,7 +110,7 @@ def predictions_section(heading: Heading, ctx: AuditContext) -> Section:
             f"from one batched forward pass; probabilities by {forward.head.describe()}.")
     if sampled:
         text += f" The cards show {gallery.rule}; the table and every number count all {len(images)}."
-    found = accuracy(forward.top_indices, forward.predicted, images.label_sets, images.labels)
+    found = accuracy(ctx, range(len(images)))
     blocks = [
         Cards("predictions", f"Top-{k} predicted classes and probabilities for "
                              f"{f'{len(gallery.indices)} of the {len(images)} images' if sampled else 'each image'}.",

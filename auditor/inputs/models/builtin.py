@@ -10,7 +10,7 @@ import torch
 from auditor.inputs.models.checkpoints import (
     factory_hint,
     fit_architecture,
-    record_fit,
+    record_rebuild,
     weights_description,
 )
 from auditor.inputs.models.loaded import (
@@ -56,9 +56,5 @@ def load_lite0(spec: str, weights: str | None) -> LoadedModel:
     loaded = LoadedModel(module, LITE0_PREPROCESS, imagenet_class_names(), "EfficientNet-Lite0", spec, "built-in",
                          description, file_sha256=files, preprocess_source="EfficientNet-Lite0's own")
     if fitted:
-        result, extra, notes = fitted
-        record_fit(loaded, result, extra)
-        loaded.notes.extend(notes)
-        if "head" in extra:
-            loaded.class_names = []
+        record_rebuild(loaded, tuple(fitted))
     return loaded

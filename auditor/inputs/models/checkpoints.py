@@ -306,6 +306,16 @@ def record_fit(loaded: LoadedModel, result: Fit, extra: dict[str, Any] | None = 
     loaded.file_sha256[result.checkpoint.path.name] = result.checkpoint.sha256
 
 
+def record_rebuild(loaded: LoadedModel, fitted: tuple[Fit, dict[str, Any], list[str]]) -> None:
+    """record_fit for fit_architecture's (fit, extra, notes); a rebuilt head's classes are not the
+    architecture's default names (ImageNet's categories), so those are dropped."""
+    result, extra, notes = fitted
+    record_fit(loaded, result, extra)
+    loaded.notes.extend(notes)
+    if "head" in extra:
+        loaded.class_names = []
+
+
 def load_weights_file(module: nn.Module, weights: str, what: str, hint: str = "") -> tuple[Fit, str]:
     """Read `weights` and load it into `module` as it is (no rebuilding): factories and built models."""
     result = fit(read_checkpoint(Path(weights)), module.state_dict())

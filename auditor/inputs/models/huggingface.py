@@ -25,8 +25,7 @@ from auditor.inputs.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocess,
-    disagreement,
-    pattern_image,
+    compare_preprocessing,
 )
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -234,11 +233,7 @@ def _set_preprocess(loaded: LoadedModel, transformers: Any, path: Path, config: 
         return
     loaded.notes.extend(notes)
     loaded.preprocess_source = f"{type(processor).__name__} from preprocessor_config.json"
-    image = pattern_image()
-    try:
-        reference = processor(images=image, return_tensors="pt")["pixel_values"][0]
-        differs = disagreement(loaded.preprocess, reference, image)
-    except Exception as error:  # a processor that wants other arguments: nothing to compare
-        differs = f"could not be compared with the image processor's own output ({first_line(error)})"
+    differs = compare_preprocessing(loaded.preprocess, lambda image: processor(
+        images=image, return_tensors="pt")["pixel_values"][0], "the image processor's own output")
     if differs:
         loaded.notes.append(f"Preprocessing: {differs}.")

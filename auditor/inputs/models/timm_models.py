@@ -15,7 +15,7 @@ from auditor.errors import AuditorError
 from auditor.inputs.models.checkpoints import (
     factory_hint,
     fit_architecture,
-    record_fit,
+    record_rebuild,
     weights_description,
 )
 from auditor.inputs.models.labels import names_by_index
@@ -29,8 +29,7 @@ from auditor.inputs.models.loaded import (
 from auditor.inputs.preprocess import (
     INTERPOLATIONS,
     Preprocess,
-    disagreement,
-    pattern_image,
+    compare_preprocessing,
 )
 
 PREFIX = "timm:"
@@ -174,15 +173,10 @@ def _loaded(timm: Any, module: nn.Module, spec: str, name: str, description: str
     loaded = LoadedModel(module, preprocess, class_names, name, spec, kind, description,
                          preprocess_source=f"timm pretrained config ({_data_config_text(config)})")
     if fitted is not None:
-        result, extra, fit_notes = fitted
-        record_fit(loaded, result, extra)
-        loaded.notes.extend(fit_notes)
+        record_rebuild(loaded, fitted)
     loaded.notes.extend(notes)
-    try:
-        reference = timm.data.create_transform(**config, is_training=False)(pattern_image())
-        differs = disagreement(preprocess, reference, pattern_image())
-    except Exception as error:  # a timm without create_transform's usual arguments: nothing to compare
-        differs = f"could not be compared with timm's own transform ({first_line(error)})"
+    differs = compare_preprocessing(preprocess, lambda image: timm.data.create_transform(**config, is_training=False)(
+        image), "timm's own transform")
     if differs:
         loaded.notes.append(f"Preprocessing: {differs}.")
     return loaded

@@ -14,7 +14,7 @@ from auditor.errors import AuditorError
 from auditor.inputs.models.checkpoints import (
     factory_hint,
     fit_architecture,
-    record_fit,
+    record_rebuild,
     weights_description,
 )
 from auditor.inputs.models.loaded import RANDOM_WEIGHTS, LoadedModel
@@ -67,11 +67,7 @@ def load_torchvision(name: str, weights: str | None) -> LoadedModel:
     loaded = LoadedModel(module, preprocess, list(known.meta["categories"]), name, name, "torchvision", description,
                          preprocess_source=f"torchvision {type(known).__name__}.{known.name} transforms")
     if fitted is not None:
-        result, extra, notes = fitted
-        record_fit(loaded, result, extra)
-        loaded.notes.extend(notes)
-        if "head" in extra:  # the categories of ImageNet weights do not name a fine-tuned head's classes
-            loaded.class_names = []
+        record_rebuild(loaded, fitted)
     return loaded
 
 
