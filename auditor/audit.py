@@ -9,6 +9,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 import torchvision
 
-from auditor import __version__
+from auditor import __version__, distributed
 from auditor.config import RunOptions
-from auditor.context import AuditContext, resolve_device
+from auditor.context import AuditContext, resolve_device, resolve_workers
 from auditor.document import Figure, Report, Section
-from auditor.forward import is_out_of_memory
-from auditor.inputs.images import ImageSet, load_images
+from auditor.errors import AuditorError
+from auditor.forward import autocast, is_out_of_memory, precision_dtype
+from auditor.inputs.images import ImageSet, check_files, load_images
 from auditor.inputs.models import LoadedModel, load_model
 from auditor.inputs.models.heads import Head
 from auditor.methods import METHODS
@@ -48,43 +50,63 @@ def run_audit(
     images: ImageSet | None = None,
     options: RunOptions | None = None,
     progress: Progress | StartCallback | None = None,
-) -> Report:
+) -> Report | None:
     """Audit `model` (default: the built-in) on `images` (default: the bundled photos).
 
     A technique that raises becomes a Section carrying its error (unless options.strict), so one
     failure never loses the rest of the report. The model is returned exactly as it was given.
     `progress` (auditor.progress; default: none shown) is told as each technique starts and what it counts.
+
+    Under torchrun (auditor.distributed) every rank computes its shard of the forward pass and rank 0
+    runs the techniques and returns the Report; the other ranks return None. A rank that fails before
+    the merge makes every rank raise distributed.RankFailed.
     """
     shown = as_progress(progress)
-    available = discover()
-    options = (options or RunOptions()).with_declared(declared_options(available))  # bad values fail first
-    techniques = select(available, options.techniques, options.skip)
-    started = time.perf_counter()
-    when = datetime.now(timezone.utc)
-    seed_everything(options.seed)  # first: random weights (--weights none) depend on it too
-    if model is None:
-        model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle, labels=options.labels,
-                           input_size=options.input_size, mean=options.mean, std=options.std,
-                           channels=options.channels)
-    if images is None:
-        images = load_images(options.images or None, model.preprocess, model.class_names, options.labels_csv)
+    options = options or RunOptions()
     device = resolve_device(options.device)
+    precision_dtype(options.precision, device)  # fp16 on the CPU fails first
+    world = distributed.start(device)
+    device = distributed.rank_device(device, world.local_rank) if world.open else device
+    if not world.main:
+        shown = as_progress(None)
+    with distributed.guard(world):  # an error on any rank until the merge stops every rank
+        available = discover()
+        options = options.with_declared(declared_options(available))  # bad values fail first
+        techniques = select(available, options.techniques, options.skip)
+        started = time.perf_counter()
+        when = datetime.now(timezone.utc)
+        seed_everything(options.seed)  # first: random weights (--weights none) depend on it too
+        if model is None:
+            model = load_model(options.model, options.weights, trust_pickle=options.trust_pickle,
+                               labels=options.labels, input_size=options.input_size, mean=options.mean,
+                               std=options.std, channels=options.channels)
+        if images is None:
+            workers = resolve_workers(options.workers)
+            check = distributed.sharded_check(world, lambda paths: check_files(paths, workers))
+            images = load_images(options.images or None, model.preprocess, model.class_names, options.labels_csv,
+                                 check=check)
     done: dict[str, Section] = {}
-    with audit_mode(model.module, device) as requires_grad:
-        ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)
-        try:
-            check_references(options, model.module, model.name, ctx.class_names)
-            label_notes = _label_count_notes(model, ctx.forward.logits.shape[1])
-            for index, technique in enumerate(run_order(techniques)):
-                shown.close()
-                shown.start(technique.name, index, len(techniques))
-                done[technique.name] = _run_one(technique, ctx, options)
-        finally:
+    with ExitStack() as stack:
+        stack.callback(shown.close)
+        with distributed.guard(world):  # the model moved, and each rank's shard of the forward pass
+            requires_grad = stack.enter_context(audit_mode(model.module, device))
+            ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)
+            ctx.forward  # noqa: B018 - the shared forward pass: each rank's shard, merged on every rank
+        distributed.finish(world)
+        if not world.main:
+            return None  # its share is merged; rank 0 writes the one report
+        check_references(options, model.module, model.name, ctx.class_names)
+        label_notes = _label_count_notes(model, ctx.forward.logits.shape[1])
+        for index, technique in enumerate(run_order(techniques)):
             shown.close()
+            shown.start(technique.name, index, len(techniques))
+            done[technique.name] = _run_one(technique, ctx, options)
+        shown.close()
         layout = "channels-last" if ctx.memory_format == torch.channels_last else "contiguous"
     sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
     record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout,
-                          ctx.head)
+                          ctx.head, scale={"precision": options.precision, "workers": ctx.workers,
+                                           "distributed": world.record(), "techniques": ctx.precisions})
     record["model"]["notes"] = [*model.notes, *label_notes]  # a copy: the caller's LoadedModel stays as it was
     return Report(record, sections, findings(record, sections, {key: m.name for key, m in METHODS.items()}))
 
@@ -119,8 +141,26 @@ def run_order(techniques: list[Any]) -> list[Any]:
     return ordered
 
 
+# Techniques that run no forward or gradient pass of their own, so --precision does not concern them.
+NO_AUTOCAST = frozenset({"architecture", "kernels"})
+
+
 def _attempt(technique: Any, ctx: AuditContext, options: RunOptions) -> Section:
-    section = technique().run(ctx, options)
+    """The technique's section, its forward and gradient passes under --precision's autocast; a technique
+    that fails under autocast (code that assumes float32) runs again in fp32, and its section says so."""
+    precision = "fp32" if technique.name in NO_AUTOCAST else options.precision
+    try:
+        with autocast(ctx.device, precision):
+            section = technique().run(ctx, options)
+    except Exception as error:
+        if precision == "fp32" or is_out_of_memory(error) or isinstance(error, AuditorError):
+            raise  # a user error or no memory: the same in fp32
+        with autocast(ctx.device, "fp32"):
+            section = technique().run(ctx, options)
+        section.notes.append(f"This technique does not run under --precision {precision} "
+                             f"({distributed.one_line(error)}), so it ran in fp32.")
+        precision = "fp32"
+    ctx.precisions[technique.name] = precision
     for block in section.blocks:
         if isinstance(block, Figure) and block.mime == "image/svg+xml":
             check_passive(block.data.decode("utf-8"), block.key)
@@ -172,9 +212,13 @@ def audit_record(
     sections: list[Section],
     layout: str = "contiguous",
     head: Head | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a reviewer needs to reproduce the audit: model, data hashes, versions, device, input layout
-    (AuditContext.memory_format: it changes float rounding), options."""
+    (AuditContext.memory_format: it changes float rounding), options; `scale`: the precision, the
+    decoding workers and the torchrun world (size, backend, each rank's shard of the forward pass)."""
+    scale = scale or {"precision": options.precision, "workers": options.workers,
+                      "distributed": distributed.SINGLE.record()}
     parameters = model.parameter_count
     return {
         "auditor_version": __version__,
@@ -216,12 +260,16 @@ def audit_record(
             "platform": platform.platform(terse=True),
             "device": _describe_device(device),
             "input_layout": layout,
+            "precision": scale["precision"],
+            "workers": scale["workers"],
+            "distributed": scale["distributed"],
         },
         "seed": options.seed,
         "command": options.command_line(),
         "options": options.as_record(),
         "techniques": [
-            {"name": s.technique, "seconds": round(s.seconds, 3), "status": "failed" if s.error else "ok"}
+            {"name": s.technique, "seconds": round(s.seconds, 3), "status": "failed" if s.error else "ok",
+             "precision": scale.get("techniques", {}).get(s.technique, scale["precision"])}
             for s in sections
         ],
         "maps": maps_record(sections),  # maps.safetensors: file, sha256, keys (None when nothing was kept)

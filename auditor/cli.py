@@ -100,8 +100,11 @@ class _StderrWarnings(logging.Handler):
         TerminalProgress.write(click.style(line, fg="yellow") if sys.stderr.isatty() else line)  # above any bar
 
 
-def _setup_logging() -> None:
+def _setup_logging(main: bool = True) -> None:
+    """Warnings on stderr, one line each; under torchrun from rank 0 alone (the others say the same)."""
     logger = logging.getLogger("auditor")
+    if not main:
+        logger.setLevel(logging.ERROR)
     if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
         logger.addHandler(_StderrWarnings(logging.WARNING))
     logger.propagate = False
@@ -129,31 +132,42 @@ def run(**params: Any) -> None:
     """Audit a model on images and write the report.
 
     Exit status: 0 on success, 1 for bad input, 3 when the report was written but a technique failed.
+    Under torchrun (`torchrun --nproc-per-node N -m auditor run ...`) each rank computes a shard and rank
+    0 writes the one report; a rank that fails makes every rank exit with status 1.
     """
-    _setup_logging()
+    from auditor.distributed import launched
+
+    main = launched()[0] == 0  # under torchrun, only rank 0 prints and writes
+    _setup_logging(main)
     debug = params["debug"]
     options = options_from_params(params)
     try:
         from auditor.audit import run_audit
         from auditor.report import output_folder, write_report
 
-        output_folder(options.out)  # fail before the audit, not after it
+        if main:
+            output_folder(options.out)  # fail before the audit, not after it
         if options.tensorboard is not None:
             from auditor.techniques.architecture.tensorboard import require_tensorboard
 
             require_tensorboard()  # fail before the audit, not in its section
-        report = run_audit(options=options, progress=_progress(options.quiet))
+        report = run_audit(options=options, progress=_progress(options.quiet or not main))
+        if report is None:  # a torchrun rank other than 0: its share is merged into rank 0's report
+            return
         if sys.stderr.isatty() and not options.quiet:
             click.echo("writing report" + (" and PDF" if options.pdf else ""), err=True)
         written = write_report(report, options.out, pdf=options.pdf, figures=options.figures)
     except AuditorError as error:
         if debug:
             raise
+        if not main:
+            sys.exit(1)  # rank 0 says it, once
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         if debug:
             raise
-        click.secho("interrupted: no report file was written or changed", fg="red", err=True)
+        if main:
+            click.secho("interrupted: no report file was written or changed", fg="red", err=True)
         sys.exit(EXIT_INTERRUPTED)
     for kind, path in written.items():
         click.echo(f"{kind}: {path}")

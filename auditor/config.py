@@ -151,6 +151,13 @@ class RunOptions:
     device: str = _flag("auto", "cpu, cuda, cuda:N, or auto (CUDA when present).")
     seed: int = _flag(0, "Random seed: same inputs and seed, same numbers.")
     batch_size: int = _flag(16, "Images per forward pass.", type=click.IntRange(1))
+    workers: int | None = _flag(None, "Processes that decode and preprocess the images of a pass over the folder "
+                                "(torch DataLoader, in file order; the numbers do not change). 0: in the main "
+                                "process. Default: min(4, CPUs per process - 1), 0 on a pass of one batch.",
+                                type=click.IntRange(0, 64))
+    precision: str = _flag("fp32", "Numeric precision of the model's forward and gradient passes: fp32, or mixed "
+                           "precision under torch.autocast: bf16 (CPU or CUDA) or fp16 (CUDA only). "
+                           "Probabilities and metrics stay float32.", type=click.Choice(["fp32", "bf16", "fp16"]))
     techniques: tuple[str, ...] = _flag((), "Comma-separated techniques to run (default: all; see `auditor "
                                         "techniques`).", short="-t", type=_NAMES)
     skip: tuple[str, ...] = _flag((), "Comma-separated techniques not to run.", type=_NAMES)

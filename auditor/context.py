@@ -8,15 +8,17 @@ It batches the images onto the device in the layout the model runs fastest in; t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 
 import torch
 from PIL import Image
 
+from auditor import distributed
 from auditor.config import RunOptions
 from auditor.errors import AuditorError
-from auditor.forward import Forward, forward_pass, output_class_names
+from auditor.forward import Forward, autocast, forward_pass, output_class_names
 from auditor.inputs.images import Gallery, ImageSet, on_white
 from auditor.inputs.models import LoadedModel
 from auditor.inputs.models.heads import Head, choose_head
@@ -36,6 +38,21 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AuditorError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     return device
+
+
+def default_workers(processes: int = 1) -> int:
+    """--workers by default: min(4, the CPUs each of this machine's `processes` (torchrun ranks) has, less
+    the one it runs the model on); 0 (decoding in the main process) with one CPU or fewer."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus // max(1, processes) - 1))
+
+
+def resolve_workers(workers: int | None) -> int:
+    """--workers as given, or default_workers for this machine's ranks."""
+    return default_workers(distributed.current().local_size) if workers is None else workers
 
 
 class AuditContext:
@@ -60,6 +77,7 @@ class AuditContext:
         self.requires_grad = dict(requires_grad)  # the user's flags by parameter name, before the audit froze them
         self.progress = progress  # what the long loops report as they go (auditor.progress)
         self.shared = SharedResults()  # typed results a technique publishes for later ones (auditor.shared)
+        self.precisions: dict[str, str] = {}  # the precision each technique ran in (--precision, or fp32)
         images.gallery = None  # chosen anew for this audit, once its predictions are known
 
     def with_batch_size(self, batch_size: int) -> AuditContext:
@@ -73,22 +91,31 @@ class AuditContext:
     def module(self) -> torch.nn.Module:
         return self.model.module
 
-    def batches(self) -> Iterator[tuple[int, torch.Tensor]]:
-        """(start index, input batch on the device), `--batch-size` at a time, each decoded as it is needed.
+    def batches(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first index, input batch on the device), `--batch-size` at a time, of all images (or of
+        `indices`, in their order), decoded as needed: in --workers DataLoader processes, or here with 0.
 
-        Only one batch is in memory at once, whatever the number of images.
+        Only a batch (a few with workers) is in memory at once, whatever the number of images; the batches
+        hold the same images, and the same tensors, whatever the number of workers.
         """
         size = max(1, self.options.batch_size)
-        for start in range(0, len(self.images), size):
-            chosen = range(start, min(start + size, len(self.images)))
-            yield start, self._on_device(self.images.inputs(chosen, keep=False))
+        order = list(range(len(self.images))) if indices is None else list(indices)
+        groups = [order[start:start + size] for start in range(0, len(order), size)]
+        pinned = self.device.type == "cuda" and self.workers > 0
+        for chosen, batch in zip(groups, self.images.input_batches(groups, self.workers, pinned)):
+            yield chosen[0], self._on_device(batch, non_blocking=pinned)
+
+    @cached_property
+    def workers(self) -> int:
+        """Decoding processes of a pass over the images (--workers, or default_workers)."""
+        return resolve_workers(self.options.workers)
 
     def inputs(self, indices: list[int]) -> torch.Tensor:
         """The model inputs of these images, as one batch on the device."""
         return self._on_device(self.images.inputs(indices))
 
-    def _on_device(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.to(self.device).contiguous(memory_format=self.memory_format)
+    def _on_device(self, batch: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=non_blocking).contiguous(memory_format=self.memory_format)
 
     @cached_property
     def memory_format(self) -> torch.memory_format:
@@ -112,12 +139,25 @@ class AuditContext:
 
     @cached_property
     def forward(self) -> Forward:
-        """One batched, gradient-free forward pass over all images, computed once and shared."""
-        batches = self.progress.each((batch for _, batch in self.batches()), "images", len(self.images), len)
-        logits = forward_pass(self.module, batches, self.model.spec)
+        """One batched, gradient-free forward pass over all images (under --precision's autocast), computed
+        once and shared. Under torchrun each rank runs its shard (auditor.distributed.shard) and the
+        logits are gathered, in image order, to every rank: the same numbers as one process."""
+        world = distributed.current()
+        if not world.open:
+            logits = self._logits(range(len(self.images)))
+        else:
+            mine = distributed.shard(len(self.images), self.options.batch_size, world)
+            distributed.fail_hook(world)
+            logits = distributed.gather_rows(world, self._logits(mine) if len(mine) else None)
         head = choose_head(self.options.head, logits.shape[1], binary=self.model.binary,
                            multi_label=self.model.multi_label, threshold=self.options.threshold)
         return Forward.of(logits, head, self.options.top_k)
+
+    def _logits(self, indices: Sequence[int]) -> torch.Tensor:
+        """The model's logits [len(indices), classes] (float32, on the CPU), a batch at a time."""
+        batches = self.progress.each((batch for _, batch in self.batches(indices)), "images", len(indices), len)
+        with autocast(self.device, self.options.precision):
+            return forward_pass(self.module, batches, self.model.spec)
 
     @property
     def head(self) -> Head:

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from auditor.options import Option
 
+# The saliency methods' keys, torch-free for --help; tests/test_methods.py checks them against auditor.methods.
+CAM_METHODS: tuple[str, ...] = ("cam", "grad-cam", "grad-cam++", "score-cam", "layer-cam", "xgrad-cam", "hires-cam",
+                                "eigen-cam")
+DEFAULT_CAM_METHODS: tuple[str, ...] = ("cam", "grad-cam", "grad-cam++", "layer-cam")
+ATTRIBUTION_METHODS: tuple[str, ...] = ("integrated-gradients", "smoothgrad", "smoothgrad-squared", "occlusion", "rise")
+DEFAULT_ATTRIBUTION_METHODS: tuple[str, ...] = ("integrated-gradients", "smoothgrad", "occlusion", "rise")
+
 if TYPE_CHECKING:
     from auditor.config import RunOptions
     from auditor.context import AuditContext
@@ -58,12 +65,16 @@ class Trust:
     title: ClassVar[str] = "How far to trust each explanation"
     summary: ClassVar[str] = ("Sanity checks (weight randomisation, other class), deletion / insertion faithfulness "
                               "and, with --boxes, the pointing game, per saliency method.")
-    after: ClassVar[tuple[str, ...]] = ("cam", "reconstructions")  # reuses their maps; shown before them
+    after: ClassVar[tuple[str, ...]] = ("cam", "reconstructions", "attribution")  # reuses their maps; shown first
     options: ClassVar[tuple[Option, ...]] = (
-        Option("trust-images", "Images (the first of each gallery) on which the methods are tested.", default=3,
+        Option("trust-images", "Images (the first of each gallery) on which the methods are tested.", default=2,
                kind="int", low=1, high=64, metavar="N"),
         Option("trust-steps", "Cost and precision: randomisation steps (head first) and deletion / insertion "
                               "steps (N + 1 points).", default=6, kind="int", low=1, high=64, metavar="N"),
+        Option("trust-costly-steps", "Randomisation steps, at the middles of equal parts of the cascade, for the "
+                                     "methods that take many passes per map (Score-CAM, Integrated Gradients, "
+                                     "SmoothGrad, occlusion, RISE).",
+               default=1, kind="int", low=1, high=64, metavar="N"),
         Option("trust-baseline", "What deleted pixels become: a strong blur of the image, or its mean colour.",
                default="blur", kind="choice", choices=("blur", "mean")),
         Option("boxes", "Object boxes for the pointing game: CSV (image,class,x0,y0,x1,y1) or JSON, in the "
@@ -149,9 +160,10 @@ class Reconstructions:
 
 class ClassActivationMaps:
     name: ClassVar[str] = "cam"
-    title: ClassVar[str] = "Class activation maps: CAM, Grad-CAM, Grad-CAM++"
-    summary: ClassVar[str] = ("Where the model looks for each class: CAM, Grad-CAM, Grad-CAM++ and Guided Grad-CAM "
-                              "galleries per image, per class and for mistakes.")
+    title: ClassVar[str] = "Class activation maps: CAM, Grad-CAM and their successors"
+    summary: ClassVar[str] = ("Where the model looks for each class: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM, "
+                              "XGrad-CAM, HiResCAM, Eigen-CAM and Guided Grad-CAM galleries per image, per class and "
+                              "for mistakes.")
     options: ClassVar[tuple[Option, ...]] = (
         Option("cam-layer", "Layer whose activations and gradients form the maps. Default: the last spatial layer "
                             "before pooling that the class score depends on.", kind="layer", metavar="NAME"),
@@ -159,15 +171,55 @@ class ClassActivationMaps:
                metavar="N"),
         Option("cam-classes", "Classes explained on every image (names or indices), also the rows of the "
                               "per-class gallery.", default=(), kind="classes", metavar="A,B"),
-        Option("cam-target", "Score differentiated by Grad-CAM and Grad-CAM++: the logit or the probability "
-                             "(softmax, or sigmoid for a sigmoid head).", default="logit", kind="choice",
-               choices=("logit", "prob")),
+        Option("cam-target", "Score differentiated by the gradient methods (Grad-CAM and its successors) and "
+                             "Score-CAM: the logit or the probability (softmax, or sigmoid for a sigmoid head).",
+               default="logit", kind="choice", choices=("logit", "prob")),
+        Option("cam-methods", f"CAM methods drawn on every image and scored by the trust section (or all: "
+                              f"{', '.join(CAM_METHODS)}); the first image shows every other one-pass method too. "
+                              "Score-CAM runs one forward pass per channel of the layer.", default=DEFAULT_CAM_METHODS, kind="choices",
+               choices=CAM_METHODS, metavar="A,B"),
     )
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:
         from auditor.sections.cam import cam_section
 
         return cam_section(self, ctx, options.of(self))
+
+
+class Attribution:
+    name: ClassVar[str] = "attribution"
+    title: ClassVar[str] = "Pixel attributions: Integrated Gradients, SmoothGrad, occlusion, RISE"
+    summary: ClassVar[str] = ("Per image and top class, the pixel attributions users know from captum and RISE: "
+                              "Integrated Gradients, SmoothGrad (and SmoothGrad²), occlusion and RISE; the last two "
+                              "need only forward passes, so they also explain models without usable gradients.")
+    after: ClassVar[tuple[str, ...]] = ("cam",)  # shown after the CAM maps it complements
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("attribution-methods", f"Attribution methods drawn and scored by the trust section (or all: "
+                                      f"{', '.join(ATTRIBUTION_METHODS)}).", default=DEFAULT_ATTRIBUTION_METHODS,
+               kind="choices", choices=ATTRIBUTION_METHODS, metavar="A,B"),
+        Option("attribution-images", "Images (the first of each gallery) explained by the attribution methods.",
+               default=2, kind="int", low=1, high=64, metavar="N"),
+        Option("ig-steps", "Integrated Gradients: points on the path from the black baseline to the image "
+                           "(captum's Gauss-Legendre rule; each one a forward and a backward pass).", default=8,
+               kind="int", low=2, high=1024, metavar="N"),
+        Option("smoothgrad-samples", "SmoothGrad: noisy copies averaged per image.", default=8, kind="int", low=1,
+               high=1024, metavar="N"),
+        Option("smoothgrad-noise", "SmoothGrad: noise standard deviation as a share of the image's value range.",
+               default=0.15, kind="float", low=0.0, high=1.0, metavar="SHARE"),
+        Option("occlusion-window", "Occlusion: side of the square hidden at a time, in input pixels (0: a quarter "
+                                   "of the shorter side).", default=0, kind="int", low=0, high=4096, metavar="PX"),
+        Option("occlusion-stride", "Occlusion: step between windows in pixels (0: half the window).", default=0,
+               kind="int", low=0, high=4096, metavar="PX"),
+        Option("rise-masks", "RISE: random masks per image (the paper uses 4000; each one a forward pass).",
+               default=96, kind="int", low=1, high=100000, metavar="N"),
+        Option("rise-cell", "RISE: the masks' grid, cells per side before upsampling.", default=7, kind="int", low=2,
+               high=64, metavar="N"),
+    )
+
+    def run(self, ctx: AuditContext, options: RunOptions) -> Section:
+        from auditor.sections.attribution import attribution_section
+
+        return attribution_section(self, ctx, options.of(self))
 
 
 class MaximizingInputs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,27 @@ class Forward:
         return cls(logits, probabilities, top.values, top.indices, head.predicted(probabilities), head)
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """--precision as the autocast dtype; fp16 on the CPU is refused (bf16 is the CPU's mixed precision:
+    fp16 convolutions there are slow and less tested)."""
+    if precision not in PRECISIONS:
+        raise AuditorError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise AuditorError("--precision fp16 needs a CUDA device; on the CPU use --precision bf16 (or fp32)")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """torch.autocast for --precision bf16 or fp16 on this device; nothing for fp32."""
+    dtype = precision_dtype(precision, device)
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
@@ -54,7 +76,7 @@ def forward_pass(module: nn.Module, batches: Iterable[torch.Tensor], spec: str) 
                     f"--model: {spec} must return a tensor of class scores (batch x classes), "
                     f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}"
                 )
-            outputs.append(logits.float().cpu())
+            outputs.append(logits.float().cpu())  # float32 whatever the precision (autocast gives bf16/fp16)
     return torch.cat(outputs)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 # "layer", "layers" and "classes" parse as "text", "names" and "names" and are then checked against
 # the model before any technique runs (auditor.option_checks).
-Kind = Literal["int", "float", "text", "names", "indices", "choice", "flag", "layer", "layers", "classes"]
+Kind = Literal["int", "float", "text", "names", "indices", "choice", "choices", "flag", "layer", "layers", "classes"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -50,7 +50,7 @@ class Option:
         if value is None:
             return None
         parser = {"int": self._number, "float": self._number, "text": _text, "names": split_names,
-                  "indices": _indices, "choice": self._choice, "flag": _flag, "layer": _text, "layers": split_names,
+                  "indices": _indices, "choice": self._choice, "choices": self._choices, "flag": _flag, "layer": _text, "layers": split_names,
                   "classes": split_names}[self.kind]
         return parser(value)
 
@@ -83,6 +83,17 @@ class Option:
         if text not in self.choices:
             raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
         return text
+
+    def _choices(self, value: Any) -> tuple[str, ...]:
+        """Several of `choices`, comma-separated, in the order given; "all" is every one, in the declared order."""
+        names = split_names(value)
+        if names == ("all",):
+            return self.choices
+        unknown = [name for name in names if name not in self.choices]
+        if unknown or not names:
+            raise ValueError(f"{', '.join(map(repr, unknown)) or 'nothing'} is not among {', '.join(self.choices)} "
+                             "(or all)")
+        return tuple(dict.fromkeys(names))
 
 
 def _exact_int(value: float) -> int:

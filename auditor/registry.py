@@ -36,6 +36,7 @@ BUILTINS: tuple[str, ...] = (
     "auditor.declarations:FeatureMaps",
     "auditor.declarations:Reconstructions",
     "auditor.declarations:ClassActivationMaps",
+    "auditor.declarations:Attribution",
     "auditor.declarations:MaximizingInputs",
 )
 

@@ -11,12 +11,14 @@ keys are those of the one table of saliency methods (auditor.methods). Results a
 |                     | "guided-backprop" and "deconvnet", never the plain | reconstructions;   | sections/trust |
 |                     | gradient under their names                         | sections/cam (its  |                |
 |                     |                                                    | guided backprop)   |                |
+| `attribution`       | AttributionShared: the attribution methods' maps   | sections/          | sections/trust |
+|                     | of the top class, and the settings they used       | attribution        |                |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +57,34 @@ class GradientShared:
         return self.gradients[:len(rows)] if _leading(self.shown, rows) else None
 
 
+@dataclass(frozen=True)
+class AttributionShared:
+    """The attribution section's maps: each shown image's top class, per attribution method it computed, with the
+    settings (steps, samples, window, masks, seed) that the trust section reuses for the randomised models."""
+
+    shown: list[int]  # image indices (ctx.images order), one a row
+    maps: dict[str, torch.Tensor]  # method key -> [N, H, W] in [0, 1]
+    settings: dict[str, Any]  # what auditor.methods' attribution adapters read
+    unavailable: dict[str, str] = field(default_factory=dict)  # method key -> why it could not run (no gradients)
+    other: torch.Tensor | None = None  # [N]: the trust section's random other class of each image
+    other_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # its maps, from the same passes
+
+    def rows(self, rows: list[int]) -> dict[str, torch.Tensor] | None:
+        """The maps of images `rows`, when they lead `shown`; else None."""
+        return {key: maps[:len(rows)] for key, maps in self.maps.items()} if _leading(self.shown, rows) else None
+
+    def other_rows(self, rows: list[int], other: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps of classes `other` [N] of images `rows`, when they lead `shown` with those classes; else {}."""
+        if self.other is None or not _leading(self.shown, rows) or \
+                self.other[:len(rows)].tolist() != other.tolist():
+            return {}
+        return {key: maps[:len(rows)] for key, maps in self.other_maps.items()}
+
+
 @dataclass
 class SharedResults:
     """`ctx.shared`: one per audit, filled in as the sections run (see the module doc for who writes what)."""
 
     cam: CamShared | None = None  # None until the CAM section has run (or when CAM does not apply)
     gradients: dict[str, GradientShared] = field(default_factory=dict)  # gradient-family method key -> result
+    attribution: AttributionShared | None = None  # None until the attribution section has run

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # so `tests.fixtures_models:tiny` imports without an editable install
     sys.path.append(str(REPO_ROOT))
 
-from tests.fixtures_models import tiny  # noqa: E402
+from tests.fixtures_models import tiny
 
 # Model specs for the tiny model: import TINY_FACTORY_IMPORT_SPEC / TINY_FACTORY_FILE_SPEC from
 # tests.fixtures_models ("tests.fixtures_models:tiny" and "/abs/path/tests/fixtures_models.py:tiny").

@@ -112,7 +112,7 @@ def test_techniques_lists_builtins_and_plugins(runner, tmp_path, monkeypatch) ->
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines[:3]] == ["predictions", "performance", "trust"]
-    assert re.search(r"^listed\s+Counts the images \(a test plugin\)\.\s+\[fake-plugin-listed", result.output, re.M)
+    assert re.search(r"^listed\s+Counts the images \(a test plugin\)\.\s+\[fake-plugin-listed", result.output, re.MULTILINE)
 
 
 def test_layers_prints_names_the_layer_options_accept(runner: CliRunner) -> None:
@@ -184,7 +184,7 @@ def test_config_file_gives_defaults_and_flags_win(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("modle = 'resnet18'\n", "has an unknown option 'modle'; known: batch_size"),
+        ("modle = 'resnet18'\n", "has an unknown option 'modle'; known: attribution_images, attribution_methods, batch_size"),
         ("model = \n", "cannot read"),
         ("extra = 3\n", "'extra' in"),
     ],

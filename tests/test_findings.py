@@ -24,6 +24,7 @@ from auditor.sections.findings import (
     sanity_finding,
 )
 from auditor.techniques.performance import CALIBRATION_TOLERANCE
+from auditor.techniques.trust.recommendation import recommend
 
 NAMES = {"cam": "CAM", "grad-cam": "Grad-CAM", "guided-backprop": "Guided backprop"}
 
@@ -99,21 +100,42 @@ def test_a_label_disagreeing_with_a_confident_prediction(probability: float, fou
         assert "at least 0.9" in result.rule
 
 
-def test_sanity_names_who_passes_and_the_one_to_trust() -> None:
-    found = sanity_finding(trust(**{"cam": method("pass", 0.25, 0.5), "grad-cam": method("pass", 0.1, 0.7),
-                                    "guided-backprop": method("warn", 0.05, 0.9)}), NAMES)
-    assert found.text.startswith("CAM and Grad-CAM pass the randomisation sanity check; Guided backprop does not.")
-    assert "The one to trust on this model is Grad-CAM: insertion AUC 0.700 against a random map's 0.400, " \
-           "deletion AUC 0.100 against 0.300 (on 3 images)." in found.text
+def trusted(**methods: dict[str, Any]) -> dict[str, Any]:
+    """Trust metrics with the section's recommendation, as the trust section records it."""
+    metrics = trust(**methods)
+    return {**metrics, "recommended": recommend(metrics["methods"], metrics["random_baseline"], NAMES).as_metrics()}
+
+
+def test_sanity_names_who_passes_and_quotes_the_recommendation() -> None:
+    found = sanity_finding(trusted(**{"cam": method("pass", 0.25, 0.5), "grad-cam": method("pass", 0.1, 0.7),
+                                      "guided-backprop": method("warn", 0.05, 0.9)}), NAMES)
+    assert found.text.startswith("CAM and Grad-CAM pass the randomisation sanity check; Guided backprop does not "
+                                 "(on 3 images).")
+    # margins: CAM (0.3 - 0.25) + (0.5 - 0.4) = 0.15, Grad-CAM (0.3 - 0.1) + (0.7 - 0.4) = 0.5
+    assert found.text.endswith("Use Grad-CAM on this model: it passes the randomisation sanity check and has the "
+                               "largest margin over the random map of the 2 methods that pass (+0.500: deletion AUC "
+                               "0.100 against the random map's 0.300, insertion AUC 0.700 against 0.400).")
     assert found.value == "grad-cam" and "below 0.5" in found.rule
 
 
-def test_a_method_that_passes_but_is_no_better_than_a_random_map_is_not_trusted() -> None:
-    # deletion not below the random map's 0.3: no method to trust
-    found = sanity_finding(trust(**{"grad-cam": method("pass", 0.3, 0.7), "cam": method("warn")}), NAMES)
-    assert "none of those beats a random map on both deletion and insertion" in found.text and found.value is None
-    nobody = sanity_finding(trust(cam=method("warn")), NAMES)
+def test_a_method_that_passes_but_is_no_better_than_a_random_map_is_not_recommended() -> None:
+    # margin (0.3 - 0.35) + (0.42 - 0.4) = -0.03: no better than chance
+    found = sanity_finding(trusted(**{"grad-cam": method("pass", 0.35, 0.42), "cam": method("warn", 0.1, 0.9)}),
+                           NAMES)
+    assert "No method is recommended: of those that pass the sanity check, the most faithful, Grad-CAM, does no " \
+           "better than a random map" in found.text and found.value is None
+    nobody = sanity_finding(trusted(cam=method("warn")), NAMES)
     assert nobody.text.startswith("No saliency method passes")
+    assert nobody.text.endswith("No method is recommended: none passes the randomisation sanity check, so every "
+                                "map here may show the image more than the model.")
+
+
+def test_the_recommendation_breaks_ties_by_the_tables_order() -> None:
+    metrics = trust(**{"cam": method("pass", 0.1, 0.7), "grad-cam": method("pass", 0.1, 0.7)})
+    assert recommend(metrics["methods"], metrics["random_baseline"], NAMES).method == "cam"
+    only = trust(**{"cam": method("warn", 0.0, 1.0), "grad-cam": method("pass", 0.2, 0.6)})
+    assert "the only method that passes, and it beats the random map (+0.300" in \
+        recommend(only["methods"], only["random_baseline"], NAMES).why
 
 
 @pytest.mark.parametrize(("mass", "found"), [(MOSTLY_OUTSIDE - 0.01, True), (MOSTLY_OUTSIDE + 0.01, False)])

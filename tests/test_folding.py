@@ -138,3 +138,46 @@ def test_a_failing_forward_inside_the_block_still_restores_the_model():
         assert folded == 2
         layer_output(model, model.features[5], torch.randn(1, 5, 16, 16))  # 5 channels where 3 are expected
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("kept", ["features.3", "features.4", "features"])
+def test_a_kept_layer_gives_exactly_its_own_output_while_the_whole_model_is_folded(kept):
+    """The CAM layer is captured by a hook set up inside the block: folding the whole model (the model
+    itself as `layer`) must leave that layer's output exactly the model's, not a folded convolution's."""
+    model = tiny()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    module = dict(model.named_modules())[kept]
+    captured: list[torch.Tensor] = []
+    expected = layer_output(model, module, x)
+    logits = model(x).detach()
+    before = snapshot(model)
+    with folded_batch_norms(model, model, x[:1], keep=[module]) as folded:
+        assert folded == {"features.3": 1, "features.4": 1, "features": 0}[kept]
+        handle = module.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+        with torch.no_grad():
+            output = model(x)
+        handle.remove()
+    # the layer itself is not folded: its output is the model's up to the rounding of the folds before it
+    torch.testing.assert_close(captured[0], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    if kept == "features.3":  # folded, the convolution would output its BatchNorm's result instead
+        with folded_batch_norms(model, model, x[:1]) as folded:
+            assert folded == 2
+            assert not torch.allclose(layer_output(model, module, x), expected, atol=1e-2)
+    torch.testing.assert_close(output, logits, rtol=1e-5, atol=1e-6)
+    assert_unchanged(model, before)
+
+
+def test_the_whole_model_as_layer_folds_every_pair_and_a_fold_inside_a_fold_folds_nothing_more():
+    model = tiny()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    expected = model(x).detach()
+    before = snapshot(model)
+    with folded_batch_norms(model, model, x[:1]) as folded, BatchNormCalls() as counter:
+        assert folded == 2
+        with folded_batch_norms(model, model, x[:1]) as inner:  # Score-CAM's fold inside the trust section's
+            assert inner == 0
+        with torch.no_grad():
+            output = model(x)  # the outer fold is still whole after the inner one ended
+    assert counter.count == 0
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+    assert_unchanged(model, before)

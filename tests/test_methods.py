@@ -4,6 +4,7 @@ trust section and report.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 from auditor import Report
 from auditor import methods as table
+from auditor.declarations import ClassActivationMaps
 from auditor.shared import CamShared, GradientShared, SharedResults
 from auditor.techniques import cam
 from auditor.techniques.reconstructions import (
@@ -24,7 +26,13 @@ from auditor.techniques.reconstructions import (
 from tests.fixtures_models import tiny
 from tests.toolkit import audit
 
-KEYS = ["cam", "grad-cam", "grad-cam++", "guided-backprop", "deconvnet", "guided-grad-cam", "gradient"]
+CAM_KEYS = ["cam", "grad-cam", "grad-cam++", "score-cam", "layer-cam", "xgrad-cam", "hires-cam", "eigen-cam"]
+ATTRIBUTION_KEYS = ["integrated-gradients", "smoothgrad", "smoothgrad-squared", "occlusion", "rise"]
+KEYS = [*CAM_KEYS, "guided-backprop", "deconvnet", "guided-grad-cam", "gradient", *ATTRIBUTION_KEYS]
+# what the trust section scores by default: --cam-methods' and --attribution-methods' defaults, every gradient
+# method and product
+TRUSTED = ["cam", "grad-cam", "grad-cam++", "layer-cam", "guided-backprop", "deconvnet", "guided-grad-cam",
+           "gradient", "integrated-gradients", "smoothgrad", "occlusion", "rise"]
 
 
 def _gelu_model(size: int = 4) -> nn.Module:
@@ -38,11 +46,16 @@ def _gelu_model(size: int = 4) -> nn.Module:
 
 def test_the_table_holds_every_method_once_in_report_order() -> None:
     assert list(table.METHODS) == KEYS  # the trust section's rows, legends and report.json keys, in this order
-    assert [m.key for m in table.cam_family()] == list(cam.METHODS) == ["cam", "grad-cam", "grad-cam++"]
+    assert [m.key for m in table.cam_family()] == list(cam.METHODS) == CAM_KEYS
     assert [m.key for m in table.family("gradient")] == ["guided-backprop", "deconvnet", "gradient"]
+    assert [m.key for m in table.family("attribution")] == ATTRIBUTION_KEYS
     assert {key: m.name for key, m in table.METHODS.items()} == {
-        "cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "guided-backprop": "Guided backprop",
-        "deconvnet": "Deconvnet", "guided-grad-cam": "Guided Grad-CAM", "gradient": "Gradient"}
+        "cam": "CAM", "grad-cam": "Grad-CAM", "grad-cam++": "Grad-CAM++", "score-cam": "Score-CAM",
+        "layer-cam": "LayerCAM", "xgrad-cam": "XGrad-CAM", "hires-cam": "HiResCAM", "eigen-cam": "Eigen-CAM",
+        "guided-backprop": "Guided backprop", "deconvnet": "Deconvnet", "guided-grad-cam": "Guided Grad-CAM",
+        "gradient": "Gradient", "integrated-gradients": "Integrated Gradients", "smoothgrad": "SmoothGrad",
+        "smoothgrad-squared": "SmoothGrad²", "occlusion": "Occlusion", "rise": "RISE"}
+    assert [key for key, m in table.METHODS.items() if m.many_passes] == ["score-cam", *ATTRIBUTION_KEYS]
     product = table.METHODS["guided-grad-cam"]
     assert product.family == "product" and product.reuses == ("guided-backprop", "grad-cam")
     assert product.compute is cam.guided_grad_cam_product
@@ -63,26 +76,34 @@ def test_a_table_with_a_clash_or_a_bad_reuse_fails_when_it_is_built(entries: tup
 
 
 def test_one_function_and_one_entry_add_a_method_to_cam_maps_the_cam_and_trust_sections(monkeypatch) -> None:
-    def hires_cam_raw(inputs: cam.CamInputs) -> torch.Tensor:
-        """HiResCAM: the class gradients times the features, summed over channels (no pooling of weights)."""
-        return (inputs.gradients * inputs.features[:, None]).sum(dim=2).relu()
+    def abs_grad_cam_raw(inputs: cam.CamInputs) -> torch.Tensor:
+        """|gradient| times the features, summed over channels: a method the table does not hold."""
+        return (inputs.gradients.abs() * inputs.features[:, None]).sum(dim=2).relu()
 
-    monkeypatch.setitem(table.METHODS, "hires-cam", table.Method("hires-cam", "HiResCAM", "cam", hires_cam_raw))
+    monkeypatch.setitem(table.METHODS, "abs-grad-cam", table.Method("abs-grad-cam", "AbsGrad-CAM", "cam",
+                                                                    abs_grad_cam_raw))
     model = tiny(6)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result = cam.cam_maps(model, x, torch.tensor([1, 4]), "features")
-    assert list(result.maps) == ["cam", "grad-cam", "grad-cam++", "hires-cam"] and "hires-cam" in cam.METHODS
-    assert result.raw["hires-cam"].shape == result.raw["grad-cam"].shape  # [N, K, h, w] at the layer
-    assert result.maps["hires-cam"].shape == (2, 1, 32, 32)
+    assert list(result.maps) == [key for key in CAM_KEYS if key != "score-cam"] + ["abs-grad-cam"] and "abs-grad-cam" in cam.METHODS
+    assert result.raw["abs-grad-cam"].shape == result.raw["grad-cam"].shape  # [N, K, h, w] at the layer
+    assert result.maps["abs-grad-cam"].shape == (2, 1, 32, 32)
 
-    report = audit(tiny(6), ("cam", "trust"), size=32, trust_steps=1, trust_images=2)
+    # chosen with --cam-methods, whose torch-free choices (auditor.declarations.CAM_METHODS) list it too
+    options = tuple(dataclasses.replace(o, choices=(*o.choices, "abs-grad-cam")) if o.name == "cam-methods" else o
+                    for o in ClassActivationMaps.options)
+    monkeypatch.setattr(ClassActivationMaps, "options", options)
+    chosen = ("grad-cam", "abs-grad-cam")
+    report = audit(tiny(6), ("cam", "trust"), size=32, trust_steps=1, trust_images=2, cam_methods=chosen)
     trust, cam_section = report.sections
     assert trust.error is None and cam_section.error is None, (trust.error_detail, cam_section.error_detail)
-    assert cam_section.metrics["methods"] == ["cam", "grad-cam", "grad-cam++", "hires-cam"]
+    assert cam_section.metrics["methods"] == list(chosen)
+    assert cam_section.metrics["first_image_methods"] == [k for k in CAM_KEYS if k != "score-cam"] + ["abs-grad-cam"]
     peaks = next(b for b in cam_section.blocks if getattr(b, "key", "") == "cam-peaks")
-    assert peaks.columns[-1] == "HiResCAM"
-    assert list(trust.metrics["methods"]) == [*KEYS, "hires-cam"]
-    assert "HiResCAM" in [row[0] for row in trust.blocks[0].rows]
+    assert peaks.columns[-1] == "AbsGrad-CAM"
+    assert list(trust.metrics["methods"]) == ["grad-cam", "guided-backprop", "deconvnet", "guided-grad-cam",
+                                              "gradient", "abs-grad-cam"]  # no attribution section
+    assert "AbsGrad-CAM" in [row[0].split(" (")[0] for row in trust.blocks[0].rows]
 
 
 # ---------------------------------------------------------------- Guided Grad-CAM
@@ -181,7 +202,7 @@ def test_the_sections_share_typed_results_on_the_cpu(monkeypatch) -> None:
     assert isinstance(shared.cam, CamShared)
     shown = shared.cam.shown
     assert shared.cam.layer and shared.cam.target == "logit"
-    assert list(shared.cam.maps) == ["cam", "grad-cam", "grad-cam++"]
+    assert list(shared.cam.maps) == ["cam", "grad-cam", "grad-cam++", "layer-cam"]  # --cam-methods' default
     assert all(m.shape == (len(shown), 32, 32) and m.device.type == "cpu" for m in shared.cam.maps.values())
     assert set(shared.gradients) == {"guided-backprop", "deconvnet"}
     for found in shared.gradients.values():

@@ -13,7 +13,7 @@ def test_builtins_come_first_in_report_order() -> None:
     found = discover()
     names = list(found)
     assert names[: len(BUILTINS)] == ["predictions", "performance", "trust", "architecture", "kernels",
-                                      "feature-maps", "reconstructions", "cam", "maximization"]
+                                      "feature-maps", "reconstructions", "cam", "attribution", "maximization"]
     assert all(registered.technique.summary.strip() for registered in found.values())  # `auditor techniques`
 
 

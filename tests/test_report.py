@@ -28,7 +28,7 @@ from tests.fixtures_models import tiny
 from tests.toolkit import audit
 
 ROOT = Path(__file__).resolve().parents[1]
-NETWORK_URL = re.compile(r"^\s*(https?:)?//", re.I)
+NETWORK_URL = re.compile(r"^\s*(https?:)?//", re.IGNORECASE)
 
 
 class _Links(HTMLParser):
@@ -67,7 +67,7 @@ def test_html_loads_nothing_from_the_network(default_report) -> None:
     assert links.urls, "the parser found no URL at all: the test would pass vacuously"
     offending = [u for u in links.urls if NETWORK_URL.match(u) or not (u.startswith("data:") or u.startswith("#"))]
     assert offending == []
-    assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", html, re.I)
+    assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", html, re.IGNORECASE)
     assert "script" not in links.tags and "link" not in links.tags and "iframe" not in links.tags
     policy = links.meta["content-security-policy"]
     assert "default-src 'none'" in policy and "img-src data:" in policy

@@ -102,7 +102,8 @@ def test_the_forward_pass_decodes_each_image_once_a_batch_at_a_time(many_images,
     images = load_images(many_images, model.preprocess)
     decoded = []
     monkeypatch.setattr("auditor.inputs.images.decode", lambda data, **kw: decoded.append(1) or decode(data, **kw))
-    ctx = AuditContext(model, images, RunOptions(device="cpu", batch_size=16), torch.device("cpu"), {})
+    # --workers 0: decoded here, where the count sees it (tests/test_scale_out.py: workers give the same tensors)
+    ctx = AuditContext(model, images, RunOptions(device="cpu", batch_size=16, workers=0), torch.device("cpu"), {})
     logits = ctx.forward.logits
     assert logits.shape == (300, 3)
     assert len(decoded) == 300  # each file read and decoded once, nothing decoded up front

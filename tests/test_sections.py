@@ -17,7 +17,6 @@ from auditor.document import Figure, Section
 from tests.fixtures_models import tiny, tiny_vit
 from tests.toolkit import audit_section
 
-
 SMALL = {"size": 48, "gallery_images": 2}  # 48 px inputs, two gallery images
 
 
@@ -136,7 +135,7 @@ def test_cam_section_galleries_on_a_labelled_folder(tmp_path) -> None:
     model.class_names = ["class 0", "class 1", "class 2", "class 3"]
     section = audit_section(model, "cam", images=tmp_path, cam_top_k=2, cam_classes="3")
     assert section.error is None
-    assert section.metrics["methods"] == ["grad-cam", "grad-cam++"]
+    assert section.metrics["methods"] == ["grad-cam", "grad-cam++", "layer-cam"]
     assert section.notes and section.notes[0].startswith("CAM does not apply")
     assert section.metrics["gallery_classes"] == ["class 3"]
     for entry, label in zip(section.metrics["images"], (1, 2)):
@@ -155,7 +154,7 @@ def test_cam_section_says_why_it_does_not_apply_and_when_guided_backprop_is_the_
     nn.init.zeros_(zero_head.heads.head.weight)  # torchvision's untrained ViT: no score depends on the image
     section = audit_section(zero_head, "cam", size=32, gallery_images=2)
     assert section.error is None and section.blocks == []
-    assert section.notes == [("CAM, Grad-CAM and Grad-CAM++ do not apply to VisionTransformer: --cam-layer: the "
+    assert section.notes == [("The CAM family does not apply to VisionTransformer: --cam-layer: the "
                               "class scores depend on no spatial layer (every gradient is zero, as with an all-zero "
                               "head); give the layer with --cam-layer.")]
     section = audit_section(tiny_vit(), "cam", size=32, gallery_images=2)  # GELU only: no rectifier to guide

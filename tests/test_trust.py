@@ -67,6 +67,26 @@ def test_ssim_matches_skimage() -> None:
     assert got[2] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_many_pairs_at_once_equal_each_pair() -> None:
+    """The cascade's batched similarities: references ranked (and blurred) once, pairs gathered by index."""
+    g = torch.Generator().manual_seed(5)
+    references = torch.rand(3, 2, 16, 18, generator=g)
+    references[1, 0] = (references[1, 0] * 4).floor() / 4  # ties
+    references[2, 1] = 0.0  # a constant map
+    index = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    after = (references[index] + 0.5 * torch.rand(7, 2, 16, 18, generator=g)).clamp(0, 1)
+    after[3] = 0.0
+    rho = similarity.spearman(references, after, index)
+    structure = similarity.ssim(references, after, index=index)
+    assert rho.shape == structure.shape == (7, 2)
+    for p, i in enumerate(index.tolist()):
+        torch.testing.assert_close(rho[p], similarity.spearman(references[i], after[p]), rtol=0, atol=1e-7)
+        torch.testing.assert_close(structure[p], similarity.ssim(references[i], after[p]), rtol=0, atol=1e-6)
+    assert similarity.spearman(references, after[:0], index[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match="pairs"):
+        similarity.spearman(references, after, torch.tensor([0, 3, 1, 1, 0, 2, 2]))
+
+
 def test_ssim_hand_computed_constants_and_small_maps() -> None:
     zeros, ones = torch.zeros(1, 12, 12), torch.ones(1, 12, 12)
     # constant maps: no variance, so SSIM = (2 * 0 * 1 + C1) / (0 + 1 + C1) with C1 = 0.01^2
@@ -219,6 +239,11 @@ def test_sanity_verdict() -> None:
     assert randomization.sanity_verdict(curves, threshold=0.375) == "warn"
     assert randomization.sanity_verdict(curves, threshold=0.376) == "pass"
     assert randomization.sanity_verdict([0.3, 0.3], threshold=0.2) == "warn"
+    # a method scored at a subset of the steps: NaN elsewhere, the mean of the computed steps decides
+    nan = float("nan")
+    assert randomization.sanity_verdict([0.2, nan, 0.4, nan], threshold=0.31) == "pass"
+    assert randomization.sanity_verdict(torch.tensor([[nan, nan], [0.2, 0.4]]), threshold=0.3) == "warn"
+    assert randomization.sanity_verdict([nan, nan]) == "warn"
 
 
 # ---------------------------------------------------------------- deletion, insertion, confidence
@@ -258,7 +283,7 @@ def test_deletion_insertion_hand_computed() -> None:
     assert curves.fractions.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     np.testing.assert_allclose(curves.deletion[0].numpy(), deletion, atol=1e-6)
     np.testing.assert_allclose(curves.insertion[0].numpy(), insertion, atol=1e-6)
-    trapezoid = lambda p: 0.25 * (p[0] / 2 + p[1] + p[2] + p[3] + p[4] / 2)  # noqa: E731
+    trapezoid = lambda p: 0.25 * (p[0] / 2 + p[1] + p[2] + p[3] + p[4] / 2)
     assert float(curves.deletion_auc[0]) == pytest.approx(trapezoid(deletion), abs=1e-6)
     assert float(curves.insertion_auc[0]) == pytest.approx(trapezoid(insertion), abs=1e-6)
     assert curves.images_evaluated == 2 + 2 * 3  # image and baseline once, 3 inner steps each way
@@ -344,6 +369,26 @@ def test_confidence_change_hand_computed() -> None:
         trust_perturbation.confidence_change(LinearOnPixels(), x, maps * 2, torch.tensor([0, 0]))
 
 
+def test_confidence_change_takes_the_clean_scores_from_deletion_insertion() -> None:
+    model = tiny().eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    maps = torch.rand(2, 3, 16, 16, generator=g)
+    targets = torch.tensor([[1, 1, 1], [4, 4, 4]])
+    curves = trust_perturbation.deletion_insertion(model, x, maps, targets, steps=3)
+    forwards: list[int] = []
+    model.features[0].register_forward_pre_hook(lambda module, inputs: forwards.append(inputs[0].shape[0]))
+    alone = trust_perturbation.confidence_change(model, x, maps, targets)
+    assert sum(forwards) == 2 + 6
+    forwards.clear()
+    reused = trust_perturbation.confidence_change(model, x, maps, targets, scores=curves.deletion[..., 0])
+    assert sum(forwards) == 6  # the masked images only
+    for field in ("score", "masked_score", "drop", "average_drop", "increase_in_confidence"):
+        torch.testing.assert_close(getattr(reused, field), getattr(alone, field), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="scores"):
+        trust_perturbation.confidence_change(model, x, maps, targets, scores=curves.deletion[0, :, 0])
+
+
 def test_confidence_change_matches_pytorch_grad_cam() -> None:
     from pytorch_grad_cam.metrics.cam_mult_image import (
         DropInConfidence,
@@ -399,7 +444,7 @@ def test_pointing_game_hand_computed() -> None:
     maps = torch.zeros(1, 8, 8)
     maps[0, 2, 6] = 1.0  # centre (6.5, 2.5) in input pixels = (13, 5) in original pixels
     near, far = [(0.0, 0.0, 10.0, 10.0)], [(0.0, 0.0, 2.0, 2.0)]  # 3 px away; sqrt(11^2 + 3^2) = 11.40 px
-    hit = lambda boxes, tol: bool(trust_boxes.pointing_game(maps, [boxes], [(16, 16)], POINTING, tol)[0])  # noqa: E731
+    hit = lambda boxes, tol: bool(trust_boxes.pointing_game(maps, [boxes], [(16, 16)], POINTING, tol)[0])
     assert hit(near, 15) and hit(near, 3.0) and not hit(near, 2.9)
     assert hit(far, 11.5) and not hit(far, 11.3)
     assert hit(far + near, 3.0)  # several boxes: the nearest counts
@@ -427,8 +472,8 @@ def test_pointing_and_mass_match_quantus() -> None:
     masks = np.zeros((6, 1, 8, 8), dtype=np.float32)
     for i, (x, y) in enumerate(corners.tolist()):
         masks[i, 0, y:y + 2, x:x + 3] = 1
-    args = dict(model=None, x_batch=np.zeros((6, 1, 8, 8), np.float32), y_batch=np.zeros(6, int),
-                a_batch=maps.numpy()[:, None], s_batch=masks)
+    args = {"model": None, "x_batch": np.zeros((6, 1, 8, 8), np.float32), "y_batch": np.zeros(6, int),
+                "a_batch": maps.numpy()[:, None], "s_batch": masks}
     hits = quantus.PointingGame(disable_warnings=True)(**args)
     mass = quantus.RelevanceMassAccuracy(disable_warnings=True)(**args)
     ours = trust_boxes.pointing_game(maps, boxes, [(8, 8)] * 6, same, tolerance_px=0.0)
@@ -456,8 +501,8 @@ def test_read_boxes_csv_and_json(tmp_path: Path) -> None:
     ("boxes.csv", "image,class,x0,y0,x1,y1\na.png,cat,0,zero,5,5\n",
      "--boxes: {path} line 2: y0 must be a number of pixels, not 'zero'"),
     ("boxes.csv", "image,class,x0,y0,x1,y1\n,cat,0,0,5,5\n", "--boxes: {path} line 2: image is missing"),
-    ("boxes.csv", "image,label,x0,y0,x1,y1\n", "--boxes: {path} line 1: the header must be image,class,x0,y0,x1,y1 "
-     "(missing class)"),
+    ("boxes.csv", "image,label,x0,y0,x1,y1\n", ("--boxes: {path} line 1: the header must be image,class,x0,y0,x1,y1 "
+     "(missing class)")),
     ("boxes.csv", "image,class,x0,y0,x1,y1\n", "--boxes: {path} holds no boxes"),
     ("boxes.json", '[{"image": "a.png", "class": "cat", "x0": 0, "y0": 0, "x1": 5, "y1": 5}, [1]]',
      "--boxes: {path} entry 2: must be an object with keys image, class, x0, y0, x1, y1"),

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from auditor import load_images, load_model
+from auditor import methods as table
 from tests.fixtures_models import tiny
 from tests.toolkit import audit, audit_section
 
-METHOD_KEYS = {"cam", "grad-cam", "grad-cam++", "guided-backprop", "deconvnet", "guided-grad-cam", "gradient"}
+# the default rows: --cam-methods' and --attribution-methods' defaults, every gradient method and product
+METHOD_KEYS = {"cam", "grad-cam", "grad-cam++", "layer-cam", "guided-backprop", "deconvnet", "guided-grad-cam",
+               "gradient", "integrated-gradients", "smoothgrad", "occlusion", "rise"}
 
 
 @pytest.mark.slow  # the default report (conftest)
@@ -36,31 +39,49 @@ def test_default_model_reproduces_the_published_sanity_result(default_report) ->
 
 
 def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch) -> None:
-    import auditor.sections.trust as trust_module
+    import auditor.techniques.saliency as saliency_module
 
     calls: list[int] = []
-    original = trust_module.cam_maps
-    monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = saliency_module.cam_maps
+    monkeypatch.setattr(saliency_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
     torch.manual_seed(0)
-    report = audit(tiny(6), ("cam", "trust", "reconstructions"), size=64, trust_steps=2,
-                   trust_images=2)
-    assert [s.technique for s in report.sections] == ["trust", "reconstructions", "cam"]
+    report = audit(tiny(6), ("cam", "trust", "reconstructions", "attribution"), size=64, trust_steps=2,
+                   trust_images=2, ig_steps=2, smoothgrad_samples=2, rise_masks=8)
+    assert [s.technique for s in report.sections] == ["trust", "reconstructions", "cam", "attribution"]
     assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
     # trained maps came from the CAM section: only the 2 randomised steps and the other class call cam_maps
     assert len(calls) == 3
     trust = report.sections[0]
     assert set(trust.metrics["methods"]) == METHOD_KEYS
     assert trust.metrics["cost"]["cascade_steps"] == 2 and trust.metrics["images"] == ["astronaut.png", "camera.png"]
+    recommended = trust.metrics["recommended"]  # quoted in the text, and marked in the table
+    assert recommended["why"] in trust.text
+    if recommended["method"] is not None:
+        assert recommended["method"] in trust.metrics["methods"]
+        assert f"{table.METHODS[recommended['method']].name} (recommended)" in \
+            [row[0].replace(" *", "") for row in trust.blocks[0].rows]
+    # the many-pass methods are randomised at the costly steps only (default 1: the middle, the 2nd of 2 here)
+    assert trust.metrics["methods"]["rise"]["randomization"]["computed_steps"] == [1]
+    assert trust.metrics["methods"]["gradient"]["randomization"]["computed_steps"] == [0, 1]
+
+
+@pytest.mark.parametrize(("steps", "costly", "chosen"), [(6, 1, [3]), (6, 2, [1, 4]), (6, 3, [1, 3, 5]),
+                                                          (6, 6, [0, 1, 2, 3, 4, 5]), (6, 9, [0, 1, 2, 3, 4, 5]),
+                                                          (1, 1, [0])])
+def test_costly_steps_sit_at_the_middles_of_equal_parts_of_the_cascade(steps, costly, chosen) -> None:
+    from auditor.sections.trust import costly_steps
+
+    assert costly_steps(steps, costly) == chosen
 
 
 def test_a_model_without_a_cam_head_reuses_the_cam_sections_maps_too(monkeypatch) -> None:
     """Classic CAM does not apply (the head reads a flattened map, not its mean): the trust section takes that
     reason from the CAM section instead of running cam_maps on the trained model again."""
-    import auditor.sections.trust as trust_module
+    import auditor.techniques.saliency as saliency_module
 
     calls: list[int] = []
-    original = trust_module.cam_maps
-    monkeypatch.setattr(trust_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = saliency_module.cam_maps
+    monkeypatch.setattr(saliency_module, "cam_maps", lambda *a, **k: calls.append(1) or original(*a, **k))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 16 * 16, 3)).eval()
@@ -100,3 +121,42 @@ def test_a_partly_torchscript_model_scores_guided_backprop_on_every_randomised_c
     assert trust.error is None, trust.error_detail
     curve = trust.metrics["methods"]["guided-backprop"]["randomization"]["spearman"]
     assert any(value != 0.0 for value in curve)  # an empty map would give exactly 0 at every step
+
+
+def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
+    """A costly method at a subset of the randomised copies: NaN at the others, the same numbers where
+    computed, and the verdict averages the computed steps only."""
+    from types import SimpleNamespace
+
+    import auditor.sections.trust as trust_module
+    from auditor.inputs.models.heads import SOFTMAX
+    from auditor.techniques.saliency import saliency
+    from auditor.techniques.trust.randomization import sanity_verdict
+
+    model = tiny(6)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    top = torch.tensor([0, 1])
+    keys = ["grad-cam", "guided-backprop", "gradient"]
+    original = saliency(model, x, top, "features.5", "logit", methods=keys)
+    ctx = SimpleNamespace(module=model, options=SimpleNamespace(seed=0), head=SOFTMAX,
+                          progress=SimpleNamespace(each=lambda items, *a, **k: items))
+    labels, full, _, seconds = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {})
+    assert len(seconds) == 3 and all(t > 0 for t in seconds)
+    asked: list[list[str]] = []
+    engine = trust_module.saliency
+    monkeypatch.setattr(trust_module, "saliency", lambda *a, **k: asked.append(list(k["methods"])) or engine(*a, **k))
+    again, scores, maps, _ = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {},
+                                                  steps_for=lambda m: {0, 2} if m == "gradient" else range(3))
+    assert again == labels and asked == [keys, keys[:2], keys]
+    assert "gradient" not in maps[1] and "gradient" in maps[2]
+    for method in keys:
+        for metric in ("spearman", "ssim"):
+            curve = scores[method][metric]
+            assert curve.shape == (3, 2)
+            computed = [0, 2] if method == "gradient" else [0, 1, 2]
+            assert torch.isnan(curve).any(dim=1).tolist() == [i not in computed for i in range(3)]
+            torch.testing.assert_close(curve[computed], full[method][metric][computed], rtol=0, atol=1e-6)
+    assert sanity_verdict(scores["gradient"]["spearman"]) == sanity_verdict(full["gradient"]["spearman"][[0, 2]])
+    with pytest.raises(ValueError, match="gradient computed at none"):
+        trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {},
+                             steps_for=lambda m: () if m == "gradient" else range(3))

@@ -30,7 +30,8 @@ _RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunOptions))
 # Two gallery images and every technique's cheapest useful settings: for audits that check what a run
 # leaves behind, not what it finds.
 CHEAP = {"gallery_images": 2, "max_steps": 3, "max_size": 32, "trust_steps": 2, "trust_images": 1,
-         "feature_channels": 4, "recon_channels": 1, "cam_top_k": 2, "kernel_count": 8}
+         "feature_channels": 4, "recon_channels": 1, "cam_top_k": 2, "kernel_count": 8, "attribution_images": 1,
+         "ig_steps": 2, "smoothgrad_samples": 2, "rise_masks": 8, "trust_costly_steps": 1}
 
 
 @dataclass

@@ -6,13 +6,15 @@ import csv
 import hashlib
 import io
 import logging
+import pickle
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from auditor.errors import AuditorError
@@ -124,6 +126,23 @@ class ImageSet:
         to_tensor = self.preprocess.to_tensor if isinstance(self.preprocess, Preprocess) else self.preprocess
         return torch.stack([to_tensor(self.photo(i, keep)) for i in indices])
 
+    def input_batches(self, batches: Sequence[Sequence[int]], workers: int = 0,
+                      pin_memory: bool = False) -> Iterator[torch.Tensor]:
+        """The model inputs of each batch of indices, in the order given, decoded in `workers` processes
+        (torch DataLoader; 0: here, one batch at a time). Either way each batch is the same tensor, and
+        nothing is cached; an unreadable or changed file stops the pass with its one-line error."""
+        if workers < 1 or len(batches) < 2:
+            for chosen in batches:
+                yield self.inputs(chosen, keep=False)
+            return
+        loader = torch.utils.data.DataLoader(_Inputs(self), batch_sampler=[list(b) for b in batches],
+                                             num_workers=min(workers, len(batches)), collate_fn=_stack,
+                                             pin_memory=pin_memory, persistent_workers=False)
+        for batch in loader:
+            if isinstance(batch, _Failed):
+                batch.throw()
+            yield batch
+
     @property
     def tensors(self) -> torch.Tensor:
         """Every image's input as one tensor, built anew on each access: for a few images in a notebook.
@@ -142,6 +161,81 @@ class ImageSet:
         if hashlib.sha256(data).hexdigest() != self.sha256[index]:
             raise AuditorError(f"--images: {self.paths[index]} changed while the audit ran; run the audit again")
         return data
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """An exception raised in a DataLoader worker, brought back to be raised again here as it was (the
+    DataLoader's own re-raise would add the worker's traceback to the message)."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, error: BaseException) -> _Failed:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle comes back as its line
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        return cls(error)
+
+    def throw(self) -> None:
+        raise self.error
+
+
+class _Inputs(torch.utils.data.Dataset):
+    """One image's model input by index, for the DataLoader workers of ImageSet.input_batches."""
+
+    def __init__(self, images: ImageSet) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor | _Failed:
+        try:
+            return self.images.inputs([index], keep=False)[0]
+        except Exception as error:  # noqa: BLE001 - raised again in the main process (input_batches)
+            return _Failed.of(error)
+
+
+def _stack(items: list[torch.Tensor | _Failed]) -> torch.Tensor | _Failed:
+    """A batch as ImageSet.inputs stacks it; the first failure instead, when an image failed."""
+    failed = [item for item in items if isinstance(item, _Failed)]
+    return failed[0] if failed else torch.stack(items)  # type: ignore[arg-type]
+
+
+def check_file(path: Path) -> tuple[str, tuple[int, int]] | str:
+    """(sha256, (width, height)) of a file that decodes as an image, else why it does not (the scan's check)."""
+    try:
+        data = path.read_bytes()
+        size = decode(data).size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return _reason(error)
+    return hashlib.sha256(data).hexdigest(), size
+
+
+Checker = Callable[[list[Path]], list["tuple[str, tuple[int, int]] | str"]]
+
+
+def check_files(paths: list[Path], workers: int = 0) -> list[tuple[str, tuple[int, int]] | str]:
+    """check_file of each path, in order: here, or in `workers` DataLoader processes."""
+    if workers < 1 or len(paths) < 2:
+        return [check_file(p) for p in paths]
+    loader = torch.utils.data.DataLoader(_Checks(paths), batch_size=max(1, len(paths) // (4 * workers)),
+                                         num_workers=min(workers, len(paths)), collate_fn=list,
+                                         persistent_workers=False)
+    return [result for part in loader for result in part]
+
+
+class _Checks(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, tuple[int, int]] | str:
+        return check_file(self.paths[index])
 
 
 def find_image_files(paths: Sequence[str | Path]) -> list[tuple[Path, str, str | None]]:
@@ -217,12 +311,15 @@ def load_images(
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor] | None = None,
     class_names: Sequence[str] = (),
     labels_csv: str | Path | None = None,
+    check: Checker | None = None,
 ) -> ImageSet:
     """Find and check images (files or folders; default: the bundled photos) for the model.
 
     Each file is decoded once here to check it, then again batch by batch when the audit needs it.
     Unreadable files are skipped with a warning and listed in `ImageSet.skipped`; no image left is
     an AuditorError. `labels_csv` (image,class rows) gives true classes, over any subfolder's.
+    `check` checks a list of files (default: check_files, here, in order): the audit passes one that
+    uses --workers processes, or that splits the files over torchrun's ranks (auditor.distributed).
     """
     if paths is None or (not isinstance(paths, (str, Path)) and len(paths) == 0):
         paths = [BUNDLED_PHOTOS]
@@ -234,7 +331,8 @@ def load_images(
         raise AuditorError(
             f"--images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, paths))}"
         )
-    return _scan(entries, preprocess, class_names, read_label_csv(labels_csv) if labels_csv else None)
+    checked = (check or check_files)([path for path, _, _ in entries])
+    return _scan(entries, preprocess, class_names, read_label_csv(labels_csv) if labels_csv else None, checked)
 
 
 def _reason(error: Exception) -> str:
@@ -250,23 +348,24 @@ def _scan(
     preprocess: Preprocess | Callable[[Image.Image], torch.Tensor],
     class_names: Sequence[str],
     listed: dict[str, list[str]] | None = None,
+    checked: Sequence[tuple[str, tuple[int, int]] | str] | None = None,
 ) -> ImageSet:
     """One pass over the files: decode each to check it, keep its hash and size, and drop the pixels.
     Labels come from `listed` (name -> classes, from --labels-csv) where it names the file, else the folder."""
     paths, names, hashes, label_names, sizes = [], [], [], [], []
     skipped: list[tuple[str, str]] = []
-    for path, name, label_name in entries:
-        try:
-            data = path.read_bytes()
-            size = decode(data).size
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            reason = _reason(error)
-            log.warning("skipping %s: not a readable image (%s)", path, reason)
-            skipped.append((name, reason))
+    entries = list(entries)
+    if checked is None:
+        checked = check_files([path for path, _, _ in entries])
+    for (path, name, label_name), result in zip(entries, checked):
+        if isinstance(result, str):
+            log.warning("skipping %s: not a readable image (%s)", path, result)
+            skipped.append((name, result))
             continue
+        digest, size = result
         paths.append(path)
         names.append(name)
-        hashes.append(hashlib.sha256(data).hexdigest())
+        hashes.append(digest)
         label_names.append(label_name)
         sizes.append(size)
     if not paths:

@@ -13,7 +13,7 @@ the folded network must reproduce the model's output on a random input, or nothi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,14 +29,20 @@ _Pair = tuple[nn.Module, nn.Module]  # (convolution, the BatchNorm applied to it
 
 
 @contextmanager
-def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> Iterator[int]:
+def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor,
+                       keep: Collection[nn.Module] = ()) -> Iterator[int]:
     """Within the block, `model` up to and including `layer` runs with its BatchNorms folded into the
     convolutions before them. Yields how many were folded: 0 when there is nothing to fold, or when the
     folded network's output for `example` differs from the model's (then the model runs as it is).
+    `layer` may be the model itself: the whole forward pass.
+
+    The modules in `keep`, and every module inside them, are not folded: a layer whose output is read
+    (the CAM target layer's, captured by a hook set up inside the block) gives exactly the model's output
+    there, not a folded convolution's output with its BatchNorm already applied.
 
     The model must be in eval mode (auditor.nn.restore.audit_mode): a BatchNorm in training mode is left alone.
     """
-    pairs, reference = conv_norm_pairs(model, layer, example)
+    pairs, reference = conv_norm_pairs(model, layer, example, keep)
     agrees = False
     if pairs and isinstance(reference, torch.Tensor):
         with _swapped(pairs):
@@ -47,15 +53,20 @@ def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor
         yield 0
 
 
-def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> tuple[list[_Pair], Any]:
+def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor,
+                    keep: Collection[nn.Module] = ()) -> tuple[list[_Pair], Any]:
     """The (convolution, BatchNorm) pairs that run before `layer`'s output on `example`, where the
     BatchNorm's input is the convolution's output tensor itself and each module runs once, and that
     output (the unfolded reference). Modules with hooks of their own, BatchNorms in training mode or
-    without running statistics are skipped."""
+    without running statistics, `layer` itself (unless it is the model) and the modules in or inside
+    `keep` are skipped."""
     if isinstance(model, torch.jit.ScriptModule):
         return [], None
-    convolutions = [m for m in model.modules() if isinstance(m, _CONVOLUTIONS) and _hookless(m) and m is not layer]
-    norms = [m for m in model.modules() if _foldable_norm(m) and m is not layer]
+    kept = {id(inner) for module in keep for inner in module.modules()}
+    if layer is not model:
+        kept.add(id(layer))
+    convolutions = [m for m in model.modules() if isinstance(m, _CONVOLUTIONS) and _hookless(m) and id(m) not in kept]
+    norms = [m for m in model.modules() if _foldable_norm(m) and id(m) not in kept]
     calls: Counter[nn.Module] = Counter()
     outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}
     found: list[_Pair] = []
@@ -80,8 +91,10 @@ def conv_norm_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor) -
 
 
 def _foldable_norm(module: nn.Module) -> bool:
+    """An eval-mode BatchNorm with statistics and no hooks, not folded already: a fold inside another
+    (Score-CAM's masked passes inside the trust section's folded copy) leaves the outer one's pairs alone."""
     return (isinstance(module, _BATCH_NORMS) and not module.training and module.running_mean is not None
-            and module.running_var is not None and _hookless(module))
+            and module.running_var is not None and _hookless(module) and "forward" not in module.__dict__)
 
 
 def _hookless(module: nn.Module) -> bool:

@@ -1,8 +1,10 @@
-"""CAM section: CAM, Grad-CAM and Grad-CAM++ galleries per image, per class and for mistakes, and Guided Grad-CAM.
+"""CAM section: the CAM family's galleries per image, per class and for mistakes, and Guided Grad-CAM.
 
-Every map comes from one `cam_maps` call: one forward pass over the shown images and one batched
-backward for all their classes (top-k, true, chosen and the per-class gallery's), so nothing is
-computed twice across the methods and the galleries. The methods and their names are the CAM family
+The methods of --cam-methods (and Grad-CAM, which the per-class, mistakes and Guided Grad-CAM figures
+draw) come from one `cam_maps` call: one forward pass over the shown images and one batched backward for
+all their classes (top-k, true, chosen and the per-class gallery's), so nothing is computed twice across
+the methods and the galleries. The first image is also explained by every other one-pass method of the
+family, in a second call on that image alone; Score-CAM (a forward pass per channel) only when chosen. The methods and their names are the CAM family
 of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
 (ctx.shared.gradients) when it ran first; the section publishes its top-class maps (ctx.shared.cam) and
 the guided backprop it computed itself, for the trust section.
@@ -10,7 +12,7 @@ the guided backprop it computed itself, for the trust section.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -34,11 +36,17 @@ from auditor.techniques.reconstructions import guided_backprop, rectifier_warnin
 
 TILE_PX = 160
 GALLERY_CLASSES = 6  # classes in the per-class gallery when none are chosen
+WIDE_AFTER = 4  # an image's figure with more methods than this puts them in columns, its classes in rows
 INTRODUCTION = ("Class activation maps show which regions of an image raise a class's score. CAM (Zhou et al., 2016) "
                 "weights the last feature maps by the classifier's weights for the class and needs a global-average-"
                 "pooling head; Grad-CAM (Selvaraju et al., 2017) weights them by the class score's spatially "
                 "averaged gradients and keeps the positive part; Grad-CAM++ (Chattopadhay et al., 2018) uses "
-                "higher-order weights that separate several instances of a class better.")
+                "higher-order weights that separate several instances of a class better. Their successors: "
+                "Score-CAM (Wang et al., 2020) weights each feature map by the score of the image masked with it, "
+                "with no gradient; LayerCAM (Jiang et al., 2021) and HiResCAM (Draelos and Carin, 2020) weight each "
+                "position by its own gradient rather than the average; XGrad-CAM (Fu et al., 2020) normalises the "
+                "gradient by the feature map's sum; Eigen-CAM (Muhammad and Yeasin, 2020) is the feature maps' first "
+                "principal component, the same for every class.")
 
 
 @dataclass(frozen=True)
@@ -92,24 +100,45 @@ def class_title(ctx: AuditContext, image_index: int, class_index: int) -> str:
     return f"{ctx.class_names[class_index]} {probability:.2f}{truth}"
 
 
-def image_figure(ctx: AuditContext, result: CamResult, p: Plan, row: int, target_text: str) -> Figure:
-    """One image: a row per method, a column per class of interest."""
+def image_figure(ctx: AuditContext, maps: dict[str, torch.Tensor], p: Plan, row: int, layer: str,
+                 target_text: str) -> Figure:
+    """One image: a row per method (`maps`: method key -> [K, H, W], the plan's columns), a column per class of
+    interest."""
     index = p.shown[row]
     name = ctx.images.names[index]
     classes = p.per_image[row]
-    method_rows = []
-    for method, maps in result.maps.items():
-        tiles = [overlay_tile(ctx, index, maps[row, p.column(row, c)], class_title(ctx, index, c)) for c in classes]
-        method_rows.append(titled(stack(tiles, vertical=False, gap=4), METHODS[method].name, size=13))
+    wide = len(maps) > WIDE_AFTER  # many methods: one column each, so the figure stays within a page
+    lines = []
+    for method, found in maps.items():
+        tiles = [overlay_tile(ctx, index, found[p.column(row, c)],
+                              METHODS[method].name if wide else class_title(ctx, index, c)) for c in classes]
+        lines.append(tiles if wide else [titled(stack(tiles, vertical=False, gap=4), METHODS[method].name, size=13)])
+    if wide:  # rows: classes; columns: methods
+        lines = [[titled(stack([line[k] for line in lines], vertical=False, gap=4), class_title(ctx, index, c),
+                         size=13)] for k, c in enumerate(classes)]
     photo = titled(ctx.photo(index, TILE_PX), name, size=11)
-    picture = stack([stack([photo, stack(method_rows, gap=8)], vertical=False, gap=12), scale_bar(ctx)], gap=8)
-    methods = ", ".join(METHODS[m].name for m in result.maps)
+    grid = stack([line[0] for line in lines], gap=8)
+    picture = stack([stack([photo, grid], vertical=False, gap=12), scale_bar(ctx)], gap=8)
+    methods = ", ".join(METHODS[m].name for m in maps)
     true_text = " and its true class (✓)" if ctx.images.labels[index] is not None else ""
-    caption = (f"Where {ctx.model.name} looks in {name}: {methods} maps (rows) for its {len(classes)} classes of "
-               f"interest (columns: the most probable classes{true_text}, with the predicted probability), at "
-               f"layer {result.layer.name}, {target_text}. Over the image as the model saw it, "
+    layout = ("columns) for its {count} classes of interest (rows" if wide else
+              "rows) for its {count} classes of interest (columns").format(count=len(classes))
+    caption = (f"Where {ctx.model.name} looks in {name}: {methods} maps ({layout}: the most probable "
+               f"classes{true_text}, with the predicted probability), at "
+               f"layer {layer}, {target_text}. Over the image as the model saw it, "
                f"{colour_words(ctx.options.colormap)}; each map is scaled to its own maximum.")
     return Figure(f"cam-{name}", caption, to_jpeg(picture), "image/jpeg", alt=f"Class activation maps for {name}.")
+
+
+def first_image_maps(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor, target: str) -> CamResult:
+    """The one-pass CAM-family methods that --cam-methods left out, on the first shown image and its classes
+    only (Score-CAM, a forward pass per channel, only when chosen)."""
+    rest = [m for m in METHODS if METHODS[m].family == "cam" and not METHODS[m].many_passes
+            and m not in result.maps and m not in result.unavailable]
+    if not rest:
+        return replace(result, raw={}, maps={}, unavailable={})
+    return cam_maps(ctx.module, batch[:1], p.targets[:1].to(ctx.device), result.layer.name, target=target,
+                    methods=rest, head=ctx.head, batch_size=ctx.options.batch_size)
 
 
 def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
@@ -196,16 +225,24 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     p = plan(ctx, settings["cam_top_k"], chosen)
     batch = ctx.inputs(p.shown)
     layer = settings["cam_layer"] or None
-    try:
+    chosen_methods = list(settings["cam_methods"])
+    try:  # Grad-CAM too: the per-class, mistakes and Guided Grad-CAM figures draw it
         result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"],
-                          head=ctx.head)
+                          methods=list(dict.fromkeys([*chosen_methods, "grad-cam"])), head=ctx.head,
+                          batch_size=ctx.options.batch_size)
     except CamNotApplicable as error:  # no spatial layer the scores depend on: say why instead of failing
         return Section(heading.name, heading.title, text=INTRODUCTION,
-                       notes=[f"CAM, Grad-CAM and Grad-CAM++ do not apply to {ctx.model.name}: {error}."],
+                       notes=[f"The CAM family does not apply to {ctx.model.name}: {error}."],
                        metrics={"not_applicable": str(error)})
+    first = first_image_maps(ctx, result, p, batch, settings["cam_target"])
+    unavailable = {**result.unavailable, **first.unavailable}
+    shown = [m for m in chosen_methods if m in result.maps]
     target_text = ("differentiating the class logit" if result.target == "logit"
                    else f"differentiating the {'sigmoid' if ctx.head.independent else 'softmax'} probability")
-    blocks: list[Any] = [image_figure(ctx, result, p, row, target_text)
+    every = {m: first.maps[m][0] if m in first.maps else result.maps[m][0]
+             for m in METHODS if m in first.maps or m in result.maps}
+    blocks: list[Any] = [image_figure(ctx, every if row == 0 else {m: result.maps[m][row] for m in shown}, p, row,
+                                      result.layer.name, target_text)
                          for row in ctx.progress.each(range(len(p.shown)), "images")]
     blocks.append(class_figure(ctx, result, p))
     wrong = [row for row, index in enumerate(p.shown)
@@ -217,28 +254,33 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
     ctx.shared.cam = CamShared(p.shown, result.layer.name, result.target,
                                {m: torch.stack([maps[row, column] for row, column in enumerate(top)]).cpu()
-                                for m, maps in result.maps.items()}, dict(result.unavailable))
+                                for m, maps in result.maps.items()}, unavailable)
     rows, per_image = [], []
     for row, index in enumerate(p.shown):
         entries = []
         for c in p.per_image[row]:
             column = p.column(row, c)
-            peaks = {m: peak(maps[row, column]) for m, maps in result.maps.items()}
+            peaks = {m: peak(maps[column]) for m, maps in
+                     (every.items() if row == 0 else ((m, result.maps[m][row]) for m in shown))}
             entries.append({"class": ctx.class_names[c], "index": c,
                             "probability": float(ctx.forward.probabilities[index, c]), "peak_xy": peaks})
             rows.append([ctx.images.names[index], ctx.class_names[c], float(ctx.forward.probabilities[index, c]),
-                         *(", ".join(f"{v:.2f}" for v in peaks[m]) for m in result.maps)])
+                         *(", ".join(f"{v:.2f}" for v in peaks[m]) for m in shown)])
         per_image.append({"image": ctx.images.names[index], "classes": entries})
     blocks.append(Table("cam-peaks", "Where each map peaks: (x, y) as fractions of the image width and height, "
                                      "from the top-left corner, per image and class of interest.",
-                        ["image", "class", "probability", *(METHODS[m].name for m in result.maps)], rows))
+                        ["image", "class", "probability", *(METHODS[m].name for m in shown)], rows))
     text = (f"{INTRODUCTION} All maps here come from layer {result.layer.name} ({result.layer.reason}); "
             f"{result.formed}; {target_text}. A map on the object supports the prediction; a map on the background "
             f"or on another object is a warning, even when the class is right.")
-    notes = [f"CAM does not apply: {result.cam_unavailable}."] if result.cam_unavailable else []
+    notes = [f"{METHODS[m].name} does not apply: {why}." for m, why in unavailable.items()]
+    notes += [f"{METHODS[m].name} is not drawn: it runs one forward pass per channel of {result.layer.name} for "
+              f"each image; choose it with --cam-methods {m} (or all)." for m in METHODS
+              if METHODS[m].family == "cam" and METHODS[m].many_passes and m not in every and m not in unavailable]
     notes += [guided_note] if guided_note else []
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
-               "target": result.target, "methods": list(result.maps), "cam_unavailable": result.cam_unavailable,
+               "target": result.target, "methods": shown, "first_image_methods": list(every),
+               "unavailable": unavailable, "cam_unavailable": unavailable.get("cam"),
                "gallery_classes": [ctx.class_names[c] for c in p.gallery], "images": per_image}
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes,
                    arrays=kept_maps(ctx, result.raw, p.shown, top))  # maps.safetensors

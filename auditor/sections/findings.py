@@ -107,16 +107,13 @@ def label_finding(metrics: Metrics) -> Finding | None:
 
 
 def sanity_finding(metrics: Metrics, names: Mapping[str, str]) -> Finding | None:
+    """Which methods pass the randomisation check, then the trust section's recommendation, quoted."""
     methods = metrics.get("methods") or {}
     if not methods:
         return None
-    random = metrics["random_baseline"]
     passing = [k for k, m in methods.items() if m["randomization"]["verdict"] == "pass"]
     failing = [k for k in methods if k not in passing]
-    faithful = [k for k in passing if methods[k]["deletion_auc"] < random["deletion_auc"]
-                and methods[k]["insertion_auc"] > random["insertion_auc"]]
-    label = [names.get(k, k) for k in methods]
-    named = dict(zip(methods, label))
+    named = {k: names.get(k, k) for k in methods}
     if passing:
         text = f"{_names([named[k] for k in passing], len(passing))} pass{'es' if len(passing) == 1 else ''} the " \
                f"randomisation sanity check"
@@ -124,23 +121,16 @@ def sanity_finding(metrics: Metrics, names: Mapping[str, str]) -> Finding | None
             if failing else ""
     else:
         text = "No saliency method passes the randomisation sanity check"
-    best = max(faithful, key=lambda k: (methods[k]["insertion_auc"] - methods[k]["deletion_auc"], k)) \
-        if faithful else None
-    if best is not None:
-        m = methods[best]
-        text += (f". The one to trust on this model is {named[best]}: insertion AUC {m['insertion_auc']:.3f} against "
-                 f"a random map's {random['insertion_auc']:.3f}, deletion AUC {m['deletion_auc']:.3f} against "
-                 f"{random['deletion_auc']:.3f}")
-    elif passing:
-        text += ", but none of those beats a random map on both deletion and insertion"
     images = metrics.get("images") or []
     text += f" (on {_plural(len(images), 'image')})." if images else "."
+    recommended = metrics.get("recommended") or {}
+    if recommended.get("why"):
+        text += f" {recommended['why']}"
     threshold = metrics.get("threshold")
-    return Finding(text, "trust", best,
+    return Finding(text, "trust", recommended.get("method"),
                    f"pass: the maps' mean Spearman rank correlation with the trained model's, under cascading "
-                   f"weight randomisation, is below {threshold}; to trust: of the methods that pass, those whose "
-                   f"deletion AUC is below and insertion AUC above a random map's, the one with the largest "
-                   f"insertion − deletion gap")
+                   f"weight randomisation, is below {threshold}; recommended: of the methods that pass, the one "
+                   f"whose deletion and insertion AUCs beat the random map's by the largest sum")
 
 
 def box_finding(metrics: Metrics, names: Mapping[str, str]) -> Finding | None:

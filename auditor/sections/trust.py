@@ -15,27 +15,29 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as PlotFigure
 from PIL import Image
 from torch import nn
 
 from auditor.context import AuditContext
+from auditor.declarations import Attribution, ClassActivationMaps
 from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorize, stack, titled, to_jpeg
 from auditor.errors import AuditorError
-from auditor.inputs.models.heads import Head
-from auditor.methods import METHODS, cam_family, family, reusing
+from auditor.methods import METHODS, attribution_settings, passes
 from auditor.nn.folding import folded_batch_norms
 from auditor.option_checks import resolve_classes
-from auditor.techniques.cam import CamNotApplicable, cam_maps, choose_layer
-from auditor.techniques.reconstructions import gradient_saliency, rectifier_warnings
+from auditor.techniques.cam import CamNotApplicable, choose_layer
+from auditor.techniques.reconstructions import gradient_saliency
+from auditor.techniques.saliency import Saliency, folded_but_layer, products, saliency
 from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
 from auditor.techniques.trust.perturbation import (
     confidence_change,
@@ -44,72 +46,15 @@ from auditor.techniques.trust.perturbation import (
 )
 from auditor.techniques.trust.randomization import (
     SANITY_THRESHOLD,
+    parametrised_layers,
     random_other_class,
     randomization_cascade,
     sanity_verdict,
 )
+from auditor.techniques.trust.recommendation import recommend
 from auditor.techniques.trust.similarity import spearman, ssim
 
 TILE_PX = 96
-
-
-@dataclass
-class Saliency:
-    """Maps [N, H, W] in [0, 1] per method, and why a method is missing."""
-
-    maps: dict[str, torch.Tensor]
-    missing: dict[str, str]
-
-
-def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str, target: str, head: Head,
-             known: dict[str, torch.Tensor] | None = None, unavailable: dict[str, str] | None = None) -> Saliency:
-    """Every method's map of `targets` [N] on `x`, in the table's order; methods in `known` (already
-    computed) or `unavailable` (known not to apply, with why) are not redone, nor the gradients of a method
-    no product still needs."""
-    maps: dict[str, torch.Tensor] = {m: v.float().cpu() for m, v in (known or {}).items()}
-    missing: dict[str, str] = dict(unavailable or {})
-    cams = [method.key for method in cam_family()]
-    if not set(cams) <= set(maps) | set(missing):
-        try:
-            result = cam_maps(model, x, targets[:, None], layer, target=target, head=head)
-        except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out, and its products
-            missing.update({key: str(error) for key, method in METHODS.items()
-                            if key in cams or set(method.reuses) & set(cams)})
-        else:
-            for key in cams:
-                if key in result.maps:
-                    maps.setdefault(key, result.maps[key][:, 0].float().cpu())
-                else:
-                    missing[key] = result.unavailable.get(key) or "not computed"
-    gradients: dict[str, torch.Tensor] = {}
-    for method in family("gradient"):
-        if method.key in maps and all(product.key in maps for product in reusing(method.key)):
-            continue
-        with rectifier_warnings() as seen:
-            found = method.compute(model, x, targets).float().cpu()
-        if seen.plain:  # the plain gradient: not scored under the method's name
-            maps.pop(method.key, None)
-            missing[method.key] = seen.plain[0]
-        else:
-            gradients[method.key] = found
-            maps.setdefault(method.key, gradient_saliency(found))
-    for key, product in products(gradients, maps).items():
-        maps.setdefault(key, product)
-    for method in family("product"):
-        if method.key not in maps:
-            missing.setdefault(method.key, next((missing[k] for k in method.reuses if missing.get(k)), ""))
-    return Saliency({key: maps[key] for key in METHODS if key in maps}, missing)
-
-
-def products(gradients: dict[str, torch.Tensor], maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The maps of the products (Guided Grad-CAM) whose parts are all at hand: input gradients of the
-    gradient methods, [N, H, W] maps of the CAM methods, of the same images and classes."""
-    found: dict[str, torch.Tensor] = {}
-    for method in family("product"):
-        parts = [maps.get(key) if METHODS[key].family == "cam" else gradients.get(key) for key in method.reuses]
-        if all(part is not None for part in parts):
-            found[method.key] = gradient_saliency(method.compute(*parts))
-    return found
 
 
 def automatic_layer_name(model: nn.Module, x: torch.Tensor) -> str | None:
@@ -123,7 +68,8 @@ def automatic_layer_name(model: nn.Module, x: torch.Tensor) -> str | None:
 
 
 def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
-    """The trained model's maps that the CAM and reconstruction sections already computed for these images."""
+    """The trained model's maps that the CAM, reconstruction and attribution sections already computed for
+    these images."""
     known: dict[str, torch.Tensor] = {}
     cam = ctx.shared.cam.rows(rows) if ctx.shared.cam is not None else None
     known.update(cam or {})
@@ -131,26 +77,55 @@ def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
                  if (found := shared.rows(rows)) is not None}
     known.update({key: gradient_saliency(found) for key, found in gradients.items()})
     known.update(products(gradients, known))
+    attribution = ctx.shared.attribution.rows(rows) if ctx.shared.attribution is not None else None
+    known.update(attribution or {})
     return known
 
 
 def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, target: str,
-            original: Saliency, steps: int) -> tuple[list[str], dict[str, dict[str, torch.Tensor]],
-                                                    list[dict[str, torch.Tensor]]]:
-    """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, and the maps."""
+            original: Saliency, steps: int, settings: dict[str, Any],
+            steps_for: Callable[[str], Collection[int]] | None = None
+            ) -> tuple[list[str], dict[str, dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[float]]:
+    """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, the maps, and
+    each step's seconds. `settings` are the attribution methods' (the trained maps' own).
+
+    Each randomised copy runs with its BatchNorms folded (the CAM layer kept out) and computes, per method,
+    only the steps `steps_for(method)` names (indices into the cascade's steps; None: every step): a
+    method's curves are NaN at the steps it skips, and its maps are absent from those steps' dicts. The
+    similarities of every (method, step) are computed together, each trained map ranked once.
+    """
+    methods = list(original.maps)
+    wanted = {m: None if steps_for is None else set(steps_for(m)) for m in methods}
     labels: list[str] = []
-    scores: dict[str, dict[str, list[torch.Tensor]]] = {m: {"spearman": [], "ssim": []} for m in original.maps}
-    step_maps = []
-    for label, randomised in ctx.progress.each(randomization_cascade(ctx.module, steps, ctx.options.seed,
-                                                                     example=x[:1]), "steps", total=steps):
+    step_maps: list[dict[str, torch.Tensor]] = []
+    pairs: list[tuple[int, int, torch.Tensor]] = []  # (method's position, step, its map after the step)
+    seconds: list[float] = []
+    for step, (label, randomised) in enumerate(ctx.progress.each(
+            randomization_cascade(ctx.module, steps, ctx.options.seed, example=x[:1]), "steps", total=steps)):
+        started = time.perf_counter()
         labels.append(label)
-        found = saliency(randomised, x, top, layer, target, ctx.head).maps
+        chosen = [m for m in methods if wanted[m] is None or step in wanted[m]]
+        found: dict[str, torch.Tensor] = {}
+        if chosen:
+            with folded_but_layer(randomised, layer, x[:1]):
+                found = saliency(randomised, x, top, layer, target, ctx.head, methods=chosen,
+                                 settings=settings).maps
         step_maps.append(found)
-        for method, trained in original.maps.items():
-            after = found.get(method, torch.zeros_like(trained))
-            scores[method]["spearman"].append(spearman(trained, after))
-            scores[method]["ssim"].append(ssim(trained, after))
-    return labels, {m: {k: torch.stack(v) for k, v in s.items()} for m, s in scores.items()}, step_maps
+        seconds.append(time.perf_counter() - started)
+        pairs += [(methods.index(m), step, found.get(m, torch.zeros_like(original.maps[m]))) for m in chosen]
+    skipped = [m for m in methods if not any(methods[i] == m for i, _, _ in pairs)]
+    if skipped:
+        raise ValueError(f"cascade: {', '.join(skipped)} computed at none of the {len(labels)} steps")
+    references = torch.stack([original.maps[m] for m in methods])  # [M, N, H, W]
+    index = torch.tensor([i for i, _, _ in pairs])
+    after = torch.stack([found for _, _, found in pairs])  # [P, N, H, W]
+    ranked, structure = spearman(references, after, index), ssim(references, after, index=index)
+    count = references.shape[1]
+    scores = {m: {k: torch.full((len(labels), count), float("nan")) for k in ("spearman", "ssim")} for m in methods}
+    for p, (i, step, _) in enumerate(pairs):
+        scores[methods[i]]["spearman"][step] = ranked[p]
+        scores[methods[i]]["ssim"][step] = structure[p]
+    return labels, scores, step_maps, seconds
 
 
 def boxes_for(ctx: AuditContext, path: str) -> list[tuple[int, int, Box]]:
@@ -171,7 +146,8 @@ def boxes_for(ctx: AuditContext, path: str) -> list[tuple[int, int, Box]]:
     return found
 
 
-def localisation(ctx: AuditContext, path: str, layer: str, target: str) -> dict[str, dict[str, float]]:
+def localisation(ctx: AuditContext, path: str, layer: str, target: str, methods: list[str],
+                 settings: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Pointing-game accuracy and mass inside the boxes per method, over every (image, class) with boxes."""
     groups: dict[tuple[int, int], list[Box]] = {}
     for index, class_index, box in boxes_for(ctx, path):
@@ -179,7 +155,7 @@ def localisation(ctx: AuditContext, path: str, layer: str, target: str) -> dict[
     keys = list(groups)
     x = ctx.inputs([i for i, _ in keys])
     targets = torch.tensor([c for _, c in keys], device=ctx.device)
-    found = saliency(ctx.module, x, targets, layer, target, ctx.head)
+    found = saliency(ctx.module, x, targets, layer, target, ctx.head, methods=methods, settings=settings)
     rects = [[b.rect for b in groups[key]] for key in keys]
     sizes = [ctx.images.sizes[i] for i, _ in keys]
     results = {}
@@ -192,36 +168,54 @@ def localisation(ctx: AuditContext, path: str, layer: str, target: str) -> dict[
 
 
 def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: Any, names: list[str]) -> bytes:
-    """Randomisation curves (Spearman, SSIM) and mean deletion / insertion curves: one PNG, four panels."""
-    figure = PlotFigure(figsize=(10, 7.2), dpi=110, layout="constrained")
+    """Randomisation curves (Spearman, SSIM) and mean deletion / insertion curves: one PNG, four panels and
+    one legend on the right, each method one colour of tab20 (dashed: the many-pass methods).
+
+    A method computed at a subset of the cascade's steps (NaN elsewhere) is drawn through its computed
+    steps only. The margins are set from the longest step label (a layout engine costs more than the rest
+    of the figure)."""
+    figure = PlotFigure(figsize=(11.5, 7.2), dpi=110)
     FigureCanvasAgg(figure)
     (rank, structure), (delete, insert) = figure.subplots(2, 2)
+    palette = colormaps["tab20"].colors
+    styles = [{"color": palette[(2 * i) % 20 + (2 * i) // 20 % 2], "linestyle": "--" if METHODS[m].many_passes
+               else "-"} for i, m in enumerate(scores)]
     steps = np.arange(1, len(labels) + 1)
-    for method, score in scores.items():
-        rank.plot(steps, score["spearman"].mean(dim=1).numpy(), marker="o", label=METHODS[method].name)
-        structure.plot(steps, score["ssim"].mean(dim=1).numpy(), marker="o", label=METHODS[method].name)
+    for (method, score), style in zip(scores.items(), styles):
+        for axis, key in ((rank, "spearman"), (structure, "ssim")):
+            mean = score[key].mean(dim=1).numpy()
+            computed = np.isfinite(mean)
+            axis.plot(steps[computed], mean[computed], marker="o", markersize=4, label=METHODS[method].name, **style)
+    ticks = [f"{i}: {label}" for i, label in zip(steps, labels)]
     for axis, title in ((rank, "Spearman rank correlation of |maps|"), (structure, "SSIM of maps")):
         axis.set_title(title, fontsize=10)
-        axis.set_xticks(steps, [f"{i}: {label}" for i, label in zip(steps, labels)], rotation=35, ha="right",
-                        fontsize=7)
+        axis.set_xticks(steps, ticks, rotation=35, ha="right", fontsize=7)
         axis.set_xlabel("randomised down to (cumulative, head first)", fontsize=8)
         axis.set_ylim(-0.6, 1.05)
         axis.axhline(0, color="#999", linewidth=0.6)
     rank.axhline(SANITY_THRESHOLD, color="#b3261e", linestyle="--", linewidth=0.8)
-    rank.legend(fontsize=7)
     fractions = curves.fractions.cpu().numpy()
-    for axis, values, title in ((delete, curves.deletion, "Deletion: most salient pixels removed first (lower is "
-                                                           "better)"),
-                                (insert, curves.insertion, "Insertion: most salient pixels added first (higher is "
-                                                           "better)")):
+    random_style = {"color": "black", "linestyle": ":"}
+    for axis, values, title in ((delete, curves.deletion,
+                                 "Deletion: most salient pixels removed first (lower is better)"),
+                                (insert, curves.insertion,
+                                 "Insertion: most salient pixels added first (higher is better)")):
         mean = values.mean(dim=0).cpu().numpy()  # [methods, steps]
         for column, name in enumerate(names):
-            style = {"color": "black", "linestyle": ":"} if name == "random map" else {}
+            style = random_style if name == "random map" else styles[column]
             axis.plot(fractions, mean[column], label=name, **style)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("fraction of pixels", fontsize=8)
         axis.set_ylabel("probability of the top class", fontsize=8)
-    insert.legend(fontsize=7)
+    handles, legend_names = insert.get_legend_handles_labels()
+    figure.legend(handles, legend_names, loc="center right", fontsize=8, frameon=False)
+    # the gap under the top row: the rotated tick labels (about 0.55 em a character at 7 pt, at 35 degrees),
+    # the x label and the bottom row's title, in inches; hspace is that gap over the panels' height
+    longest = max((len(tick) for tick in ticks), default=0)
+    gap = (longest * 0.55 * 7 * np.sin(np.radians(35)) + 7 * np.cos(np.radians(35))) / 72 + 0.65
+    panels = 7.2 - 0.3 - 0.5  # the figure's height less the top and bottom margins
+    figure.subplots_adjust(left=0.06, right=0.82, top=1 - 0.3 / 7.2, bottom=0.5 / 7.2, wspace=0.2,
+                           hspace=min(2.0, gap / ((panels - gap) / 2)))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -234,6 +228,16 @@ def cascade_colours(cmap: str) -> str:
     return f"{cmap}: its low end zero, its high end the map's 99th percentile"
 
 
+def cascade_tile(heat: torch.Tensor | None, cmap: str) -> Image.Image:
+    """One map to its own 99th percentile (gradient maps are heavy-tailed and would show black); grey for a
+    step the method skipped."""
+    if heat is None:
+        return Image.new("RGB", (TILE_PX, TILE_PX), (205, 205, 205))
+    values = heat.numpy()
+    top = float(np.percentile(values, 99)) or 1.0
+    return Image.fromarray(colorize(values, cmap, 0.0, top)).resize((TILE_PX, TILE_PX))
+
+
 def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: list[str],
                     step_maps: list[dict[str, torch.Tensor]]) -> bytes:
     """One image: each method's map (rows) on the trained model, then after each randomisation step."""
@@ -242,13 +246,43 @@ def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: l
               for text in ["", "trained", *labels[:-1], "all random"]]
     rows = [stack(header, vertical=False, gap=3)]
     for method, trained in original.maps.items():
-        maps = [trained[0]] + [step.get(method, torch.zeros_like(trained))[0] for step in step_maps]
-        # each tile to its own 99th percentile: gradient maps are heavy-tailed and would show black
-        tiles = [Image.fromarray(colorize(m.numpy(), ctx.options.colormap, 0.0, float(np.percentile(m.numpy(), 99)) or 1.0))
-                 .resize((TILE_PX, TILE_PX)) for m in maps]
+        maps = [trained[0]] + [step[method][0] if method in step else None for step in step_maps]
+        tiles = [cascade_tile(m, ctx.options.colormap) for m in maps]
         label = Image.new("RGB", (TILE_PX, TILE_PX), "white")
         rows.append(stack([titled(label, METHODS[method].name, size=10), *tiles], vertical=False, gap=3))
     return to_jpeg(stack([titled(photo, ctx.images.names[index], size=10), *rows], gap=3))
+
+
+def trust_methods(ctx: AuditContext) -> list[str]:
+    """The methods the report draws, in the table's order: the CAM methods of --cam-methods, every gradient
+    method and product, and, when the attribution section runs, the attribution methods of
+    --attribution-methods (the costly ones: a report without them does not pay for their rows)."""
+    cams = set(ctx.options.of(ClassActivationMaps)["cam_methods"])
+    runs = (not ctx.options.techniques or Attribution.name in ctx.options.techniques) and \
+        Attribution.name not in ctx.options.skip
+    attributions = set(ctx.options.of(Attribution)["attribution_methods"]) if runs else set()
+    return [key for key, method in METHODS.items()
+            if method.family in ("gradient", "product") or key in cams or key in attributions]
+
+
+def costly_steps(steps: int, costly: int) -> list[int]:
+    """`costly` of the cascade's step indices, at the middles of `costly` equal parts of it: their mean
+    similarity stands for the whole cascade's, which is what the verdict reads (1 of 6: the 4th step;
+    2 of 6: the 2nd and 5th)."""
+    count = min(costly, steps)
+    return sorted({int((i + 0.5) * steps / count) for i in range(count)})
+
+
+def trusted_settings(ctx: AuditContext, size: tuple[int, int]) -> dict[str, Any]:
+    """The attribution settings the attribution section used (or would use): the same maps, randomised."""
+    if ctx.shared.attribution is not None:
+        return ctx.shared.attribution.settings
+    return attribution_settings(ctx.options.of(Attribution), ctx.options.batch_size, ctx.options.seed, size)
+
+
+def _finite(values: torch.Tensor) -> list[float | None]:
+    """A curve for report.json: NaN (a step a costly method skips) as null."""
+    return [None if not np.isfinite(v) else float(v) for v in values.tolist()]
 
 
 def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
@@ -260,12 +294,25 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     layer = (cam and cam.layer) or ctx.options.settings.get("cam_layer") or automatic_layer_name(ctx.module, x)
     target = (cam and cam.target) or ctx.options.settings.get("cam_target") or "logit"
     shared_cam = ctx.shared.cam if ctx.shared.cam is not None and ctx.shared.cam.rows(rows) is not None else None
+    shared_attribution = ctx.shared.attribution
+    unavailable = {**(shared_cam.unavailable if shared_cam is not None else {}),
+                   **(shared_attribution.unavailable if shared_attribution is not None else {})}
+    wanted = trust_methods(ctx)
+    used = trusted_settings(ctx, (x.shape[-2], x.shape[-1]))
     original = saliency(ctx.module, x, top, layer, target, ctx.head, known_maps(ctx, rows),
-                        shared_cam.unavailable if shared_cam is not None else None)
+                        {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)
     steps = settings["trust_steps"]
-    labels, scores, step_maps = cascade(ctx, x, top, layer, target, original, steps)
+    randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
+    sparse = costly_steps(randomised, settings["trust_costly_steps"])
+    costly = [m for m in original.maps if METHODS[m].many_passes and len(sparse) < randomised]
+    labels, scores, step_maps, step_seconds = cascade(
+        ctx, x, top, layer, target, original, steps, used,
+        steps_for=lambda m: sparse if m in costly else range(randomised))
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
-    other_maps = saliency(ctx.module, x, other, layer, target, ctx.head).maps
+    known_other = shared_attribution.other_rows(rows, other) if shared_attribution is not None else {}
+    with folded_but_layer(ctx.module, layer, x[:1]):
+        other_maps = saliency(ctx.module, x, other, layer, target, ctx.head, known_other,
+                              methods=list(original.maps), settings=used).maps
     methods = list(original.maps)
     stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
                                                                              ctx.options.seed)], dim=1)
@@ -275,14 +322,16 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                                     baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size),
                                     head=ctx.head)
         confidence = confidence_change(ctx.module, x, stacked.to(x.device), targets,
-                                       batch_size=max(16, ctx.options.batch_size), head=ctx.head)
-    boxes = localisation(ctx, settings["boxes"], layer, target) if settings["boxes"] else {}
+                                       batch_size=max(16, ctx.options.batch_size), head=ctx.head,
+                                       scores=curves.deletion[..., 0])  # the clean images: not run again
+    boxes = localisation(ctx, settings["boxes"], layer, target, wanted, used) if settings["boxes"] else {}
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):
         curve = scores[method]["spearman"]
         results[method] = {
-            "randomization": {"verdict": sanity_verdict(curve), "spearman": curve.mean(dim=1).tolist(),
-                              "ssim": scores[method]["ssim"].mean(dim=1).tolist(), "steps": labels},
+            "randomization": {"verdict": sanity_verdict(curve), "spearman": _finite(curve.mean(dim=1)),
+                              "ssim": _finite(scores[method]["ssim"].mean(dim=1)), "steps": labels,
+                              "computed_steps": sparse if method in costly else list(range(randomised))},
             "random_logit_spearman": float(spearman(original.maps[method], other_maps[method]).mean())
             if method in other_maps else None,
             "deletion_auc": float(curves.deletion_auc[:, column].mean()),
@@ -298,13 +347,15 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                 "insertion_auc": float(curves.insertion_auc[:, random_column].mean()),
                 "average_drop": float(confidence.average_drop[random_column]),
                 "increase_in_confidence": float(confidence.increase_in_confidence[random_column])}
+    recommended = recommend(results, baseline, {key: METHODS[key].name for key in results})
     seconds = time.perf_counter() - started
     columns = ["method", "sanity", "mean Spearman", "other class", "deletion AUC ↓", "insertion AUC ↑",
                "avg drop % ↓", "increase % ↑"] + (["pointing", "mass in box"] if boxes else [])
     table_rows = []
     for method, r in results.items():
-        row = [METHODS[method].name, r["randomization"]["verdict"],
-               round(float(np.mean(r["randomization"]["spearman"])), 3),
+        name = METHODS[method].name + (" *" if method in costly else "")
+        row = [f"{name} (recommended)" if method == recommended.method else name, r["randomization"]["verdict"],
+               round(float(np.nanmean(scores[method]["spearman"].mean(dim=1).numpy())), 3),
                None if r["random_logit_spearman"] is None else round(r["random_logit_spearman"], 3),
                f"{r['deletion_auc']:.3f} ± {r['deletion_auc_sd']:.3f}",
                f"{r['insertion_auc']:.3f} ± {r['insertion_auc_sd']:.3f}",
@@ -316,12 +367,16 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                        f"{baseline['insertion_auc']:.3f}", round(baseline["average_drop"], 1),
                        round(baseline["increase_in_confidence"], 1)] + (["", ""] if boxes else []))
     n = len(rows)
+    sparse_words = ", ".join(str(i + 1) for i in sparse)
     table = Table(
         "trust-summary",
         f"How far to trust each saliency method, on {n} image{'s' if n != 1 else ''} and their top class. Sanity: "
         f"“pass” when the maps' Spearman rank correlation with the trained model's, averaged over {len(labels)} "
         f"cumulative randomisation steps from the head down, is below {SANITY_THRESHOLD} (the maps depend on "
-        f"what the model learnt), else “warn”. Other class: correlation with the map of a random other class "
+        f"what the model learnt), else “warn”"
+        + (f"; the methods marked * take many model passes per map and are randomised at step{'s' if len(sparse) > 1 else ''} "
+           f"{sparse_words} only (--trust-costly-steps)" if costly else "")
+        + f". Other class: correlation with the map of a random other class "
         f"(high means the map ignores the class). Deletion and insertion AUC (mean ± standard deviation over the "
         f"images): probability of the top class as the most salient pixels are replaced by {curves.baseline} or "
         f"restored from it, in {steps + 1} steps; compare with the random map. Average drop and increase in "
@@ -340,23 +395,41 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
         Figure(f"trust-cascade-{ctx.images.names[rows[0]]}",
                f"The randomisation test on {ctx.images.names[rows[0]]}: each method's map (rows, "
                f"{cascade_colours(ctx.options.colormap)}) on the trained model, then after each cumulative "
-               f"randomisation step. A method whose maps keep their shape as the model loses its weights shows "
-               f"the image's edges, not the model.",
+               f"randomisation step (grey: a step a method marked * skips). A method whose maps keep their shape "
+               f"as the model loses its weights shows the image's edges, not the model.",
                cascade_picture(ctx, rows[0], original, labels, step_maps), "image/jpeg",
                alt="Maps of each method under cascading randomisation."),
     ]
-    cost = {"images": n, "cascade_steps": len(labels), "perturbation_steps": steps + 1,
-            "forward_images": curves.images_evaluated + n * stacked.shape[1] + n, "seconds": round(seconds, 2)}
+    cost = {"images": n, "cascade_steps": len(labels), "costly_steps": len(sparse) if costly else len(labels),
+            "perturbation_steps": steps + 1, "forward_images": curves.images_evaluated + n * stacked.shape[1],
+            "step_seconds": [round(t, 3) for t in step_seconds], "seconds": round(seconds, 2)}
     text = ("No explanation method is right by construction, so this section tests each one on this model. The "
             "randomisation test (Adebayo et al., 2018) asks whether a map depends on the learnt weights at all: "
             "guided backprop and Guided Grad-CAM are known to keep their picture when the weights are destroyed, "
             "acting as edge detectors, while Grad-CAM changes. Deletion and insertion (Petsiuk et al., 2018) ask "
             "whether the pixels a map ranks highest are the ones the prediction needs. The metrics can disagree "
-            "with each other and vary between images (see the ± spread): read them together, and prefer methods "
-            f"that pass the sanity check and beat the random map on both curves. Cost: {cost['forward_images']} "
-            f"images through the model (its time is in the appendix); --trust-images and --trust-steps trade it "
-            f"against precision.")
+            "with each other and vary between images (see the ± spread): read them together. "
+            f"{recommended.why} {cost_words(cost, sparse, costly, randomised, used)}")
     notes = [f"{METHODS[m].name} is not scored: {why}" for m, why in original.missing.items() if why]
     metrics = {"methods": results, "random_baseline": baseline, "baseline": curves.baseline,
-               "images": [ctx.images.names[i] for i in rows], "threshold": SANITY_THRESHOLD, "cost": cost}
+               "recommended": recommended.as_metrics(), "images": [ctx.images.names[i] for i in rows],
+               "threshold": SANITY_THRESHOLD, "cost": cost}
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes)
+
+
+def cost_words(cost: dict[str, Any], sparse: list[int], costly: list[str], steps: int,
+               settings: dict[str, Any]) -> str:
+    """What the section cost, and what the costly methods would add at every step of the cascade, in model
+    passes (the seconds, which vary from run to run, are in report.json's cost)."""
+    text = (f"Cost: {cost['forward_images']} images through the model for deletion, insertion and confidence, "
+            f"besides the maps; --trust-images, --trust-steps and --trust-costly-steps trade it against precision.")
+    if not costly:
+        return text
+    names = ", ".join(METHODS[m].name for m in costly)
+    counted = [m for m in costly if METHODS[m].family == "attribution"]
+    per_step = sum(passes(m, settings) for m in counted) * cost["images"]
+    extra = (f"; at every step, {', '.join(METHODS[m].name for m in counted)} would add "
+             f"{per_step * (steps - len(sparse)):,} model passes to the {per_step:,} of each step they run at"
+             if counted else "")
+    return text + (f" {names} take many model passes per map, so they are randomised at {len(sparse)} of the "
+                   f"{steps} steps{extra}.")

@@ -1,14 +1,22 @@
-"""CAM, Grad-CAM and Grad-CAM++: where a classifier looks for each image and class; and Guided Grad-CAM.
+"""The CAM family: where a classifier looks for each image and class; and Guided Grad-CAM.
 
-`cam_maps` computes every CAM-family method of the one table (auditor.methods) from one forward pass
-and at most one batched backward (all K classes of every image at once, gradients taken only with
-respect to the target layer's output). Each method is one function of `CamInputs` (`cam_raw`,
-`grad_cam_raw`, `grad_cam_pp_raw`) that the table names; the public one-method functions are thin
-views of `cam_maps`. `guided_grad_cam` multiplies guided backprop by the upsampled Grad-CAM map.
+CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM, XGrad-CAM, HiResCAM and Eigen-CAM. `cam_maps` computes
+every CAM-family method of the one table (auditor.methods) from one forward pass and at most one batched
+backward (all K classes of every image at once, gradients taken only with respect to the target layer's
+output); Score-CAM adds its forward passes of masked inputs, without gradients. Each method is one
+function of `CamInputs` (`cam_raw`, `grad_cam_raw`, `grad_cam_pp_raw`, `score_cam_raw`, `layer_cam_raw`,
+`xgrad_cam_raw`, `hires_cam_raw`, `eigen_cam_raw`) that the table names; the public one-method functions
+are thin views of `cam_maps`. `guided_grad_cam` multiplies guided backprop by the upsampled Grad-CAM map.
+
+The conventions follow pytorch-grad-cam (pgc) 1.5.7 except where a function's docstring says otherwise.
+Common to all: pgc min-max normalises each map at the layer's resolution (with 1e-7 added to the span)
+and resizes it with cv2; here the raw map is upsampled bilinearly (half-pixel centres, as cv2's
+INTER_LINEAR) and then min-max normalised, with no epsilon (a constant map becomes all zero).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +29,9 @@ from torch import nn
 
 from auditor.errors import AuditorError
 from auditor.inputs.models.heads import SOFTMAX, Head
+from auditor.nn.folding import folded_batch_norms
 from auditor.nn.hooks import forward_hooks
+from auditor.nn.memory_format import preferred_layout
 from auditor.nn.restore import audit_mode
 from auditor.techniques.cam_layers import (
     CamNotApplicable,
@@ -37,15 +47,16 @@ from auditor.techniques.reconstructions import guided_backprop
 from auditor.techniques.tensor_ops import minmax
 
 __all__ = ["CamInputs", "CamNotApplicable", "CamResult", "cam_maps", "cam_raw", "choose_layer",
-           "class_activation_map", "grad_cam", "grad_cam_pp", "grad_cam_pp_raw", "grad_cam_raw", "guided_grad_cam",
-           "guided_grad_cam_product"]
+           "class_activation_map", "eigen_cam", "eigen_cam_raw", "grad_cam", "grad_cam_pp", "grad_cam_pp_raw",
+           "grad_cam_raw", "guided_grad_cam", "guided_grad_cam_product", "hires_cam", "hires_cam_raw", "layer_cam",
+           "layer_cam_raw", "score_cam", "score_cam_raw", "xgrad_cam", "xgrad_cam_raw"]
 
 Target = Literal["logit", "prob"]
 
 
 def __getattr__(name: str) -> Any:
-    """`cam.METHODS`: the CAM family's keys ("cam", "grad-cam", "grad-cam++"), in the order of the one
-    table (auditor.methods), read from it when asked for, since the table imports this module."""
+    """`cam.METHODS`: the CAM family's keys ("cam", "grad-cam", "grad-cam++", "score-cam", ...), in the
+    order of the one table (auditor.methods), read from it when asked for, since the table imports this module."""
     if name == "METHODS":
         from auditor.methods import cam_family
 
@@ -98,10 +109,12 @@ def _last_linear_call(model: nn.Module) -> Iterator[list[_LinearCall]]:
 class CamInputs:
     """What every CAM-family method's map is made of, from one forward pass: the target layer's output,
     the scores, the classifier's last linear call; and the class gradients, from one batched backward taken the first time a
-    method asks for them (classic CAM never does)."""
+    method asks for them (classic CAM, Score-CAM and Eigen-CAM never do). Score-CAM also runs the model
+    (in eval mode, as cam_maps leaves it) on masked copies of the input batch, `batch_size` at a time."""
 
     def __init__(self, layer: str, activation: torch.Tensor, layout: Layout, logits: torch.Tensor,
-                 targets: torch.Tensor, target: Target, linear: _LinearCall | None, head: Head) -> None:
+                 targets: torch.Tensor, target: Target, linear: _LinearCall | None, head: Head, *,
+                 model: nn.Module | None = None, x: torch.Tensor | None = None, batch_size: int = 64) -> None:
         self.layer = layer  # the target layer's name, for messages
         self.features = layout.channels_first(activation.detach())  # [N, C, h, w]: the layer's output
         self.logits = logits.detach()  # [N, classes]
@@ -109,6 +122,9 @@ class CamInputs:
         self.target = target  # the score differentiated: "logit" or "prob" (the head's probability)
         self.linear = linear  # the forward pass's last nn.Linear call (classic CAM's class weights), if any
         self.head = head  # how the logits become probabilities (softmax, or a sigmoid per output)
+        self.model = model  # the model, for Score-CAM's forward passes of masked inputs
+        self.x = None if x is None else x.detach()  # [N, 3, H, W] the input batch, for Score-CAM
+        self.batch_size = batch_size  # Score-CAM: masked inputs per forward pass
         self._graph = (activation, layout, logits)  # still attached to the forward pass's graph
 
     @cached_property
@@ -134,25 +150,114 @@ def grad_cam_pp_raw(inputs: CamInputs) -> torch.Tensor:
     return _weighted_sum(_grad_cam_pp_weights(inputs.gradients, inputs.features), inputs.features).relu()
 
 
+def score_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations for CNNs"), [N, K, h, w]:
+    the feature maps weighted by the softmax over channels of the target's score on the input masked by
+    each channel, ReLU (as pgc's BaseCAM applies to every map).
+
+    As pgc's ScoreCAM: each channel is upsampled to the input with align_corners=True (its
+    UpsamplingBilinear2d), min-max normalised with 1e-8 added to the span, and multiplies the image; the
+    score is the target logit (pgc's ClassifierOutputTarget), or with target "prob" the head's
+    probability. Differences, none of which changes a value beyond float rounding: one masked forward pass
+    gives all K targets' scores; a channel whose upsampled mask is constant (max == min: pgc's mask is then
+    exactly zero) is not run, its score is the zero image's, from one pass shared by all such channels;
+    masked passes run `batch_size` at a time across images and channels together, under inference mode,
+    with the BatchNorms folded into the convolutions before them (auditor.nn.folding) and in channels-last
+    layout on the CPU where the model gives the same output that way (auditor.nn.memory_format); on the
+    CPU, when more than a few batches remain after the first, through a frozen TorchScript trace of the
+    model, used only where it reproduces the first batch's eager scores (`_traced_forward`).
+    """
+    if inputs.model is None or inputs.x is None:
+        raise AuditorError("Score-CAM needs the model and the input batch: build CamInputs with model= and x=")
+    scores = _masked_scores(inputs.model, inputs.x, inputs.features, inputs.targets, inputs.target, inputs.head,
+                            inputs.batch_size)  # [N, C, K]
+    weights = scores.transpose(1, 2).softmax(dim=-1)  # [N, K, C]: softmax over channels, per image and target
+    return _weighted_sum(weights.to(inputs.features.dtype), inputs.features).relu()
+
+
+def layer_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021, "LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization", IEEE TIP), [N, K, h, w]: relu(gradient) times the feature maps, position by position,
+    summed over channels, ReLU (as pgc's BaseCAM applies). As pgc's LayerCAM (no eigen smoothing)."""
+    return (inputs.gradients.relu() * inputs.features[:, None]).sum(dim=2).relu()
+
+
+def xgrad_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM", BMVC), [N, K, h, w]: the feature maps weighted
+    by sum_ij(g * A) / sum_ij A per channel, ReLU.
+
+    pgc adds eps = 1e-7 to the denominator; here there is none: a channel whose activations sum to zero
+    gets weight 0 (for non-negative activations its numerator is 0 too; for signed ones, a ViT's, the
+    paper's weight is undefined there, and pgc's would be the numerator times 1e7). Elsewhere the eps
+    changes a weight by a relative 1e-7 / sum_ij A: float32 rounding for trained layers, but not for tiny
+    activations (random-weight mobilenet_v3_small's last features, ~1e-8 per position, where pgc's eps
+    outweighs the sums and its map becomes another; tests/test_cam_methods.py)."""
+    features = inputs.features
+    total = features.sum(dim=(-2, -1))[:, None]  # [N, 1, C]
+    numerator = (inputs.gradients * features[:, None]).sum(dim=(-2, -1))  # [N, K, C]
+    nonzero = total != 0
+    weights = torch.where(nonzero, numerator / torch.where(nonzero, total, torch.ones_like(total)),
+                          torch.zeros_like(numerator))
+    return _weighted_sum(weights, features).relu()
+
+
+def hires_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """HiResCAM (Draelos and Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful explanations of
+    convolutional neural networks"), [N, K, h, w]: the gradient times the feature maps, position by
+    position, summed over channels, ReLU (as pgc's BaseCAM applies). As pgc's HiResCAM (no eigen smoothing)."""
+    return (inputs.gradients * inputs.features[:, None]).sum(dim=2).relu()
+
+
+def eigen_cam_raw(inputs: CamInputs) -> torch.Tensor:
+    """Eigen-CAM (Muhammad and Yeasin 2020, "Eigen-CAM: Class Activation Map using Principal Components",
+    IJCNN), [N, K, h, w]: the feature maps (positions x channels, centred over positions) projected on
+    their first right singular vector, ReLU (as pgc's BaseCAM applies); class-independent, the same map
+    for each of the K targets. No gradients.
+
+    As pgc's get_2d_projection, with one batched torch.linalg.svd over the images instead of a numpy loop.
+    The sign of a singular vector is arbitrary (LAPACK's choice, which numpy and torch need not share, and
+    with it which half of the projection survives the ReLU), so here it is fixed: the projection
+    correlates non-negatively with the channel sum of the activations (it is flipped where its dot product
+    with that sum is negative). pgc keeps whatever sign numpy's SVD returns: on the test models torch's
+    sign equalled numpy's for every image, and this convention flipped it on 3 of the 12 images
+    (tests/test_cam_methods.py). pgc's NaN-to-zero step is not repeated (a finite layer has no NaN).
+    """
+    features = inputs.features
+    count, _, h, w = features.shape
+    matrix = features.flatten(2).transpose(1, 2)  # [N, hw, C]
+    matrix = matrix - matrix.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    projection = (matrix @ vh[:, 0, :, None])[..., 0]  # [N, hw], mean zero over positions
+    agreement = (projection * features.sum(dim=1).flatten(1)).sum(dim=1, keepdim=True)
+    projection = torch.where(agreement < 0, -projection, projection)
+    maps = projection.view(count, 1, h, w).relu()
+    return maps.expand(count, inputs.targets.shape[1], h, w).clone()
+
+
 def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: LayerSpec = None, *,
-             target: Target = "logit", methods: Sequence[str] | None = None, head: Head = SOFTMAX) -> CamResult:
-    """The CAM-family maps (by default every one of the table: CAM, Grad-CAM, Grad-CAM++) for `targets`
-    ([N] or [N, K] class indices) of images `x`.
+             target: Target = "logit", methods: Sequence[str] | None = None, head: Head = SOFTMAX,
+             batch_size: int = 64) -> CamResult:
+    """The CAM-family maps `methods` for `targets` ([N] or [N, K] class indices) of images `x`; by default
+    every one-pass method of the table (CAM, Grad-CAM, Grad-CAM++, LayerCAM, XGrad-CAM, HiResCAM,
+    Eigen-CAM): Score-CAM, a forward pass per channel, runs only when asked for.
 
     One forward pass for all images, at most one batched backward for all K classes, in eval mode; the
     model is left exactly as found. `head` turns logits into the probabilities that target "prob"
-    differentiates (softmax unless the model's head is a sigmoid). A method that cannot serve is left out of `maps`, with the reason
+    differentiates (softmax unless the model's head is a sigmoid). Score-CAM adds forward passes of
+    masked inputs, `batch_size` per pass. A method that cannot serve is left out of `maps`, with the reason
     in `unavailable` (classic CAM's also as `cam_unavailable`).
     """
     from auditor.methods import cam_family  # the table imports this module
 
     family = {method.key: method for method in cam_family()}
-    methods = list(family) if methods is None else list(methods)
+    methods = [key for key, method in family.items() if not method.many_passes] if methods is None else list(methods)
     if target not in ("logit", "prob"):
         raise AuditorError(f"--cam-target: {target!r} is not a target; use logit or prob")
     unknown = sorted(set(methods) - set(family))
     if unknown:
         raise AuditorError(f"cam methods: unknown {', '.join(unknown)}; use {', '.join(family)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AuditorError(f"cam batch size: give a positive whole number of masked inputs per pass, not {batch_size!r}")
     targets = _as_targets(targets, len(x))
     size = (x.shape[-2], x.shape[-1])
     with audit_mode(model):
@@ -162,8 +267,9 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: La
         activation, layout = _checked_activation(chosen, captured.output, size)
         _check_logits(logits, targets)
         targets = targets.to(logits.device)
+        # the capture and linear-call hooks are gone now: Score-CAM's masked passes leave `activation` alone
         inputs = CamInputs(chosen.name, activation, layout, logits, targets, target, linear[0] if linear else None,
-                           head)
+                           head, model=model, x=x, batch_size=batch_size)
         raw: dict[str, torch.Tensor] = {}
         unavailable: dict[str, str] = {}
         for key in (key for key in family if key in methods):  # the table's order
@@ -201,6 +307,38 @@ def grad_cam_pp(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: to
                 target: Target = "logit") -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018) with the paper's exp(score) closed form, [N(,K),H,W]."""
     return _one_method(model, layer, x, targets, target, "grad-cam++")
+
+
+def score_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+              target: Target = "logit") -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020): feature maps weighted by the softmax over channels of the score of the
+    input masked by each upsampled channel, ReLU, [N(,K),H,W] (see `score_cam_raw`)."""
+    return _one_method(model, layer, x, targets, target, "score-cam")
+
+
+def layer_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+              target: Target = "logit") -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): relu(gradient) times the feature maps, summed over channels, ReLU, [N(,K),H,W]."""
+    return _one_method(model, layer, x, targets, target, "layer-cam")
+
+
+def xgrad_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+              target: Target = "logit") -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020): feature maps weighted by sum(gradient * A) / sum(A), ReLU, [N(,K),H,W]."""
+    return _one_method(model, layer, x, targets, target, "xgrad-cam")
+
+
+def hires_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+              target: Target = "logit") -> torch.Tensor:
+    """HiResCAM (Draelos and Carin 2020): gradient times the feature maps, summed over channels, ReLU, [N(,K),H,W]."""
+    return _one_method(model, layer, x, targets, target, "hires-cam")
+
+
+def eigen_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
+              target: Target = "logit") -> torch.Tensor:
+    """Eigen-CAM (Muhammad and Yeasin 2020): the first principal component of the feature maps, ReLU,
+    [N(,K),H,W], the same for every target (see `eigen_cam_raw`). `target` is accepted for symmetry."""
+    return _one_method(model, layer, x, targets, target, "eigen-cam")
 
 
 def guided_grad_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, *,
@@ -265,6 +403,83 @@ def _checked_activation(layer: TargetLayer, output: torch.Tensor | None,
 def _scores(logits: torch.Tensor, targets: torch.Tensor, target: Target, head: Head) -> torch.Tensor:
     """[N, K] differentiable scores: the target logits or their probabilities by `head`."""
     return (head.probabilities(logits) if target == "prob" else logits).gather(1, targets)
+
+
+def _masked_scores(model: nn.Module, x: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
+                   target: Target, head: Head, batch_size: int) -> torch.Tensor:
+    """Score-CAM's scores [N, C, K]: the targets' scores of image n masked by its channel c, upsampled
+    (align_corners=True) and min-max normalised (span + 1e-8) as pgc does. Channels whose upsampled mask is
+    constant (then exactly zero) take the zero image's scores, from one shared pass."""
+    count, channels = features.shape[:2]
+    size = (x.shape[-2], x.shape[-1])
+    flat = features.flatten(0, 1)  # [N * C, h, w]; pair p is image p // C, channel p % C
+
+    def masks(pairs: torch.Tensor) -> torch.Tensor:
+        upsampled = F.interpolate(flat[pairs][:, None], size=size, mode="bilinear", align_corners=True)
+        low = upsampled.amin(dim=(-2, -1), keepdim=True)
+        high = upsampled.amax(dim=(-2, -1), keepdim=True)
+        return upsampled, low, high
+
+    # only a channel constant at the layer can have a constant upsampled mask; check those upsampled
+    empty = torch.zeros(len(flat), dtype=torch.bool, device=flat.device)
+    candidates = (flat.amin(dim=(-2, -1)) == flat.amax(dim=(-2, -1))).nonzero()[:, 0]
+    for pairs in candidates.split(batch_size):
+        _, low, high = masks(pairs)
+        empty[pairs] = (low == high).flatten()
+    kept = (~empty).nonzero()[:, 0]
+    rows = targets.repeat_interleave(channels, dim=0)  # [N * C, K]: each pair's image's targets
+    scores = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+    chunks = kept.split(batch_size)
+    with torch.no_grad(), folded_batch_norms(model, model, x[:1]):
+        layout = preferred_layout(model, x[:1])
+        if bool(empty.any()):
+            with torch.inference_mode():
+                zero = model(torch.zeros_like(x[:1]).contiguous(memory_format=layout))
+            picked = empty.nonzero()[:, 0]
+            scores[picked] = _scores(zero.expand(len(picked), -1), rows[picked], target, head).float()
+        run: Any = model
+        for index, pairs in enumerate(chunks):
+            upsampled, low, high = masks(pairs)
+            mask = (upsampled - low) / (high - low + 1e-8)
+            batch = (x[pairs // channels] * mask.to(x.dtype)).contiguous(memory_format=layout)
+            if run is not model and len(batch) < batch_size:  # the trace's batch size: pad the last chunk
+                batch = torch.cat([batch, batch.new_zeros(batch_size - len(batch), *batch.shape[1:])])
+            with torch.inference_mode():
+                logits = run(batch)[:len(pairs)]
+            scores[pairs] = _scores(logits, rows[pairs], target, head).float()
+            if index == 0 and len(chunks) > _TRACE_AFTER:
+                run = _traced_forward(model, batch, logits)
+    return scores.view(count, channels, -1)
+
+
+_TRACE_AFTER = 4  # Score-CAM traces the model for its masked passes when more than this many batches remain
+
+
+def _traced_forward(model: nn.Module, batch: torch.Tensor, reference: torch.Tensor) -> Any:
+    """A frozen TorchScript trace of `model` for CPU batches shaped like `batch` (oneDNN kernels: resnet50's
+    masked passes run some 1.4x faster), if tracing works without a TracerWarning (which is how a trace
+    says it may not hold for other inputs: Python control flow on tensor values, sizes read as numbers)
+    and the trace reproduces `reference`, the eager output for `batch` (rtol 1e-3, atol 1e-4 of its
+    largest value); else `model` itself. The model is not changed: freezing copies its weights into the trace."""
+    if batch.device.type != "cpu" or isinstance(model, torch.jit.ScriptModule):
+        return model
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # recorded, not shown: TracerWarnings, TorchScript's deprecation
+            traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, batch,
+                                                                                        check_trace=False)))
+            with torch.inference_mode():
+                output = traced(batch)
+    except Exception:  # noqa: BLE001 - a model TorchScript cannot trace or freeze runs as it is
+        return model
+    if any(issubclass(warning.category, torch.jit.TracerWarning) for warning in caught):
+        return model
+    reference = reference.float()  # under autocast (--precision bf16) the eager output is bf16
+    scale = float(reference.abs().max())
+    if isinstance(output, torch.Tensor) and output.shape == reference.shape and \
+            torch.allclose(output.float(), reference, rtol=1e-3, atol=1e-4 * scale):
+        return traced
+    return model
 
 
 def _class_gradients(scores: torch.Tensor, activation: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -139,7 +139,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, ta
 
 
 def confidence_change(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-                      batch_size: int = 64, head: Head = SOFTMAX) -> ConfidenceChange:
+                      batch_size: int = 64, head: Head = SOFTMAX, scores: torch.Tensor | None = None) -> ConfidenceChange:
     """Average drop and increase in confidence of each map (maps in [0, 1], shapes as in deletion_insertion).
 
     y is the target's probability (`head`'s) on the image, o the same on the normalised input tensor
@@ -147,17 +147,25 @@ def confidence_change(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, tar
     pixels that is a blend towards the normalisation mean colour: mean + map * (pixel - mean), so a map
     of 0 leaves the "average" colour that carries no signal, not the black of the original paper's
     pixel-space product, which is itself a strong, unnatural input.
+
+    `scores`: y when the caller has it, the target's probability on each clean image, shaped like the
+    maps without H, W ([N] or [N, M]): deletion_insertion's `deletion[..., 0]` for the same maps and
+    targets. The clean images are then not run again.
     """
     maps4, targets2 = _as_batch(x, maps, targets)
+    if scores is not None and scores.shape != maps.shape[:-2]:
+        raise ValueError(f"scores: give one per map, shape {tuple(maps.shape[:-2])}, not {tuple(scores.shape)}")
     if maps4.amin() < 0 or maps4.amax() > 1:
         raise ValueError("confidence_change needs maps in [0, 1]; min-max normalise them first")
     count, per_image = maps4.shape[:2]
     with audit_mode(model), torch.inference_mode():
         flat_maps = maps4.view(-1, 1, *maps4.shape[-2:])
-        plain = _probabilities(model, lambda jobs: x[jobs], count, batch_size, head, x.device)
+        plain = (None if scores is not None
+                 else _probabilities(model, lambda jobs: x[jobs], count, batch_size, head, x.device))
         masked = _probabilities(model, lambda jobs: x[jobs // per_image] * flat_maps[jobs], count * per_image,
                                 batch_size, head, x.device)
-    y = plain.gather(1, targets2)
+    y = (plain.gather(1, targets2) if plain is not None
+         else scores.to(device=x.device, dtype=torch.float32).reshape(count, per_image))
     o = masked.view(count, per_image, -1).gather(2, targets2.unsqueeze(-1)).squeeze(-1)
     drop = (y - o).clamp_min(0) / y * 100
     shape = maps.shape[:-2]

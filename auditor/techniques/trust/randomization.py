@@ -152,6 +152,9 @@ def sanity_verdict(curve: torch.Tensor | Sequence[float], threshold: float = SAN
 
     `curve` is the Spearman correlation of absolute maps per step, [steps] or [steps, images] (then
     averaged over images too). See SANITY_THRESHOLD for why the mean over the steps and why 0.5; with
-    one step it is the fully randomised model's value.
+    one step it is the fully randomised model's value. Steps that were not computed (a method scored at
+    a subset of the cascade's steps) are NaN and left out of the mean; a curve with none computed warns.
     """
-    return "pass" if float(torch.as_tensor(curve, dtype=torch.float64).mean()) < threshold else "warn"
+    values = torch.as_tensor(curve, dtype=torch.float64)
+    computed = values[~values.isnan()]
+    return "pass" if computed.numel() and float(computed.mean()) < threshold else "warn"

@@ -1,0 +1,172 @@
+"""The saliency engine: the maps [N, H, W] in [0, 1] of any methods of the one table (auditor.methods).
+
+`saliency` computes the methods asked for on one model, images and classes, dispatching on each method's
+family (see auditor.methods for what `compute` is per family):
+- "cam": one `cam_maps` call for every CAM-family method needed (asked for, or a part of a product asked for);
+- "gradient": guided backprop, deconvnet and the plain gradient as ONE merged pass (one forward of 3N rows
+  with a backward rule per row, auditor.techniques.reconstructions.rectified_gradients); any other
+  gradient method by its own function. A result that is the plain gradient (NoRectifierWarning) is not
+  scored under the method's name;
+- "product": made of its parts' results (`products`);
+- "attribution": `compute(model, x, targets [N], head, settings) -> [N, H, W]` in [0, 1] with the caller's
+  `settings` (auditor.methods.attribution_settings); a method whose gradients cannot be used is missing,
+  with why.
+Pure: no AuditContext; the results are on the CPU, float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from auditor.errors import AuditorError
+from auditor.inputs.models.heads import SOFTMAX, Head
+from auditor.methods import METHODS, Method, reusing
+from auditor.nn.folding import folded_batch_norms
+from auditor.nn.restore import audit_mode
+from auditor.techniques.attribution import GradientsUnavailable
+from auditor.techniques.cam import CamNotApplicable, cam_maps
+from auditor.techniques.cam_layers import resolve_layer
+from auditor.techniques.reconstructions import (
+    gradient_saliency,
+    merged_rule,
+    rectified_gradients,
+    rectifier_warnings,
+)
+
+__all__ = ["Saliency", "folded_but_layer", "products", "saliency"]
+
+
+@dataclass
+class Saliency:
+    """Maps [N, H, W] in [0, 1] per method, and why a method is missing."""
+
+    maps: dict[str, torch.Tensor]
+    missing: dict[str, str]
+
+
+def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
+             head: Head = SOFTMAX, known: dict[str, torch.Tensor] | None = None,
+             unavailable: dict[str, str] | None = None, methods: Sequence[str] | None = None,
+             settings: Mapping[str, Any] | None = None) -> Saliency:
+    """The maps of `methods` (keys of the one table; None: every method) for `targets` [N] on `x`, in the
+    table's order. Methods in `known` (already computed) or `unavailable` (known not to apply, with why)
+    are not redone, nor the parts of a product that is known. `layer` and `target` are the CAM family's
+    (None: cam_maps chooses the layer); `settings` the attribution family's, when it needs any."""
+    chosen = list(METHODS) if methods is None else list(methods)
+    unknown = [key for key in chosen if key not in METHODS]
+    if unknown:
+        raise ValueError(f"saliency methods: unknown {', '.join(unknown)}; use {', '.join(METHODS)}")
+    maps: dict[str, torch.Tensor] = {m: v.float().cpu() for m, v in (known or {}).items()}
+    missing: dict[str, str] = dict(unavailable or {})
+    todo = [METHODS[key] for key in METHODS if key in chosen and key not in maps and key not in missing]
+    products_todo = [method for method in todo if method.family == "product"]
+    needed = {key for method in todo for key in (method.key, *(method.reuses if method in products_todo else ()))}
+
+    cams = [key for key, method in METHODS.items() if method.family == "cam" and key in needed
+            and key not in maps and key not in missing]
+    if cams:
+        _cam_family(model, x, targets, layer, target, head, cams, maps, missing)
+    gradients = _gradient_family(model, x, targets, [METHODS[key] for key in METHODS if key in needed
+                                                     and METHODS[key].family == "gradient"],
+                                 maps, missing, products_todo)
+    for key, product in products(gradients, maps, [method.key for method in products_todo]).items():
+        maps.setdefault(key, product)
+    for method in products_todo:
+        if method.key not in maps:
+            missing.setdefault(method.key, next((missing[k] for k in method.reuses if missing.get(k)), ""))
+    for method in (method for method in todo if method.family == "attribution"):
+        if settings is None:
+            missing[method.key] = f"{method.words}: no attribution settings were given to compute it"
+            continue
+        try:
+            maps[method.key] = method.compute(model, x, targets, head, settings).float().cpu()
+        except GradientsUnavailable as error:
+            missing[method.key] = str(error)
+    return Saliency({key: maps[key] for key in METHODS if key in chosen and key in maps},
+                    {key: why for key, why in missing.items() if key in chosen})
+
+
+def _cam_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
+                head: Head, cams: list[str], maps: dict[str, torch.Tensor], missing: dict[str, str]) -> None:
+    """The CAM-family maps `cams`, from one cam_maps call, into `maps` (or why not, into `missing`)."""
+    try:
+        result = cam_maps(model, x, targets[:, None], layer, target=target, head=head, methods=cams)
+    except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out, and its products
+        family = {key for key, method in METHODS.items() if method.family == "cam"}
+        missing.update({key: str(error) for key, method in METHODS.items()
+                        if key in family or set(method.reuses) & family})
+        return
+    for key in cams:
+        if key in result.maps:
+            maps.setdefault(key, result.maps[key][:, 0].float().cpu())
+        else:
+            missing[key] = result.unavailable.get(key) or "not computed"
+
+
+def _gradient_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods: list[Method],
+                     maps: dict[str, torch.Tensor], missing: dict[str, str],
+                     products_todo: list[Method]) -> dict[str, torch.Tensor]:
+    """Input gradients of the gradient methods still needed (not known, or a part of a product to make):
+    guided backprop, deconvnet and the plain gradient in one merged pass, any other by its own function.
+    Their maps go into `maps`; a result that is the plain gradient goes into `missing` instead."""
+    wanted = [method for method in methods
+              if method.key not in maps or any(product.key in {p.key for p in products_todo}
+                                               for product in reusing(method.key))]
+    rules = {method.key: merged_rule(method.compute) for method in wanted}
+    merged = (rectified_gradients(model, x, targets, list(dict.fromkeys(r for r in rules.values() if r)))
+              if any(rules.values()) else None)
+    gradients: dict[str, torch.Tensor] = {}
+    for method in wanted:
+        rule = rules[method.key]
+        with rectifier_warnings() as seen:
+            if rule is not None and merged is not None:
+                merged.warn(rule)
+                found = merged.gradients[rule].float().cpu()
+            else:
+                found = method.compute(model, x, targets).float().cpu()
+        if seen.plain:  # the plain gradient: not scored under the method's name
+            maps.pop(method.key, None)
+            missing[method.key] = seen.plain[0]
+        else:
+            gradients[method.key] = found
+            maps.setdefault(method.key, gradient_saliency(found))
+    return gradients
+
+
+def products(gradients: dict[str, torch.Tensor], maps: dict[str, torch.Tensor],
+             methods: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """The maps of the products (Guided Grad-CAM) among `methods` (None: every product) whose parts are all
+    at hand: input gradients of the gradient methods, [N, H, W] maps of the CAM methods, of the same images
+    and classes."""
+    found: dict[str, torch.Tensor] = {}
+    for method in METHODS.values():
+        if method.family != "product" or (methods is not None and method.key not in methods):
+            continue
+        parts = [maps.get(key) if METHODS[key].family == "cam" else gradients.get(key) for key in method.reuses]
+        if all(part is not None for part in parts):
+            found[method.key] = gradient_saliency(method.compute(*parts))
+    return found
+
+
+@contextmanager
+def folded_but_layer(model: nn.Module, layer: str | None, example: torch.Tensor) -> Iterator[int]:
+    """Within the block, `model` (in audit mode) runs with its BatchNorms folded into the convolutions
+    before them (auditor.nn.folding), except inside the CAM target `layer`, whose captured output stays
+    the model's own; yields how many were folded. No layer (cam_maps would choose one, maybe a folded
+    convolution) or one that does not resolve (cam_maps says why) folds nothing."""
+    with audit_mode(model):
+        try:
+            keep = None if layer is None else [resolve_layer(model, layer).module]
+        except AuditorError:
+            keep = None
+        if keep is None:
+            yield 0
+            return
+        with folded_batch_norms(model, model, example, keep=keep) as folded:
+            yield folded

@@ -1,0 +1,193 @@
+"""The saliency engine (auditor.techniques.saliency): the merged gradient pass gives the separate functions'
+numbers, the caller chooses the methods, each family is dispatched on (a new one included), and the fold
+that keeps the CAM layer out changes no map."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import auditor.techniques.saliency as saliency_module
+from auditor.methods import METHODS, Method
+from auditor.techniques import reconstructions
+from auditor.techniques.attribution import GradientsUnavailable
+from auditor.techniques.reconstructions import (
+    NoRectifierWarning,
+    deconvnet,
+    gradient,
+    guided_backprop,
+    rectified_gradients,
+    rectifier_warnings,
+)
+from auditor.techniques.saliency import folded_but_layer, saliency
+from tests.fixtures_models import tiny
+
+
+class Rectifiers(nn.Module):
+    """Every kind of rectifier call: nn.ReLU, in-place F.relu, ReLU6, torch.relu and Tensor.relu_."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.c = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.relu6 = nn.ReLU6()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.a(x))
+        y = nn.functional.relu(self.b(y), inplace=True)
+        y = self.relu6(self.norm(self.c(y)) * 3)
+        y = (torch.relu(y - 0.5) - 0.1).relu_()
+        return self.head(y.mean(dim=(-2, -1)))
+
+
+class Windows(nn.Module):
+    """A rectifier on a tensor whose first dimension is not the batch (windows folded into it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)  # [N, 4, 8, 8] -> [4N, 4, 4, 4] windows
+        windows = y.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(-1, 4, 4, 4)
+        windows = torch.relu(windows)
+        return self.head(windows.reshape(x.shape[0], -1, 4, 4, 4).mean(dim=(1, 3, 4)))
+
+
+def assert_close_to_max(found: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
+    scale = float(expected.abs().max()) or 1.0
+    assert float((found - expected).abs().max()) <= tolerance * scale
+
+
+@pytest.mark.parametrize("model_factory, size", [(Rectifiers, 12), (Windows, 8), (tiny, 16)])
+def test_the_merged_pass_equals_the_separate_functions(model_factory, size) -> None:
+    model = model_factory().eval()
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 2, 1])
+    merged = rectified_gradients(model, x, targets, ["guided", "deconvnet", "plain"])
+    for rule, function in (("guided", guided_backprop), ("deconvnet", deconvnet), ("plain", gradient)):
+        assert_close_to_max(merged.gradients[rule], function(model, x, targets))
+    assert not torch.equal(merged.gradients["guided"], merged.gradients["plain"])
+
+
+def test_the_merged_pass_is_one_forward_of_three_n_rows() -> None:
+    model = Rectifiers().eval()
+    rows: list[int] = []
+    model.a.register_forward_pre_hook(lambda module, inputs: rows.append(inputs[0].shape[0]))
+    x = torch.randn(2, 3, 12, 12)
+    rectified_gradients(model, x, torch.tensor([0, 1]), ["guided", "deconvnet", "plain"])
+    assert rows == [6]
+
+
+def test_the_merged_pass_keeps_the_no_rectifier_rule() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    merged = rectified_gradients(model, x, torch.tensor([0, 1]), ["guided", "deconvnet", "plain"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is raised until warn() is asked
+        merged.warn("plain")
+    with rectifier_warnings() as seen:
+        merged.warn("guided")
+    assert seen.plain and seen.plain[0].startswith("guided backprop: no rectifier")
+    found = saliency(model, x, torch.tensor([0, 1]), None, "logit", methods=["guided-backprop", "deconvnet",
+                                                                             "gradient"])
+    assert set(found.maps) == {"gradient"}
+    assert found.missing["guided-backprop"].startswith("guided backprop: no rectifier")
+    assert found.missing["deconvnet"].startswith("deconvnet: no rectifier")
+    with pytest.warns(NoRectifierWarning):
+        guided_backprop(model, x, [0, 1])  # the public function still warns itself
+
+
+def test_saliency_equals_each_method_on_its_own() -> None:
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 3])
+    keys = [key for key, method in METHODS.items() if method.family != "attribution"]
+    found = saliency(model, x, targets, "features.5", "logit", methods=keys)
+    assert list(found.maps) == [key for key in METHODS if key in found.maps]
+    from auditor.techniques.cam import cam_maps
+
+    cams = cam_maps(model, x, targets[:, None], "features.5")
+    for key, maps in cams.maps.items():
+        torch.testing.assert_close(found.maps[key], maps[:, 0], rtol=0, atol=1e-6)
+    for key in ("guided-backprop", "deconvnet", "gradient"):
+        expected = reconstructions.gradient_saliency(METHODS[key].compute(model, x, targets))
+        assert_close_to_max(found.maps[key], expected)
+    product = reconstructions.gradient_saliency(guided_backprop(model, x, targets) * cams.maps["grad-cam"][:, 0, None])
+    assert_close_to_max(found.maps["guided-grad-cam"], product)
+
+
+def test_the_caller_chooses_the_methods(monkeypatch) -> None:
+    asked: list[list[str]] = []
+    original = saliency_module.cam_maps
+    monkeypatch.setattr(saliency_module, "cam_maps",
+                        lambda *a, **k: asked.append(list(k["methods"])) or original(*a, **k))
+    rules: list[list[str]] = []
+    merged = saliency_module.rectified_gradients
+    monkeypatch.setattr(saliency_module, "rectified_gradients",
+                        lambda model, x, targets, r: rules.append(list(r)) or merged(model, x, targets, r))
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32)
+    found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["gradient", "grad-cam"])
+    assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == [["plain"]]
+    # a product brings in its parts, but only what was asked for is returned
+    found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-grad-cam"])
+    assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == ["guided"]
+    found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["deconvnet"],
+                     known={"deconvnet": torch.zeros(2, 32, 32)})
+    assert len(asked) == 2 and len(rules) == 2 and torch.equal(found.maps["deconvnet"], torch.zeros(2, 32, 32))
+    with pytest.raises(ValueError, match="unknown nope"):
+        saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["nope"])
+
+
+def test_a_new_attribution_family_is_dispatched_as_soon_as_it_is_declared(monkeypatch) -> None:
+    seen: list[tuple[int, object, object]] = []
+
+    def fake(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, head: object, settings: object) -> torch.Tensor:
+        seen.append((len(targets), head, settings))
+        return torch.full((x.shape[0], *x.shape[-2:]), 0.5)
+
+    def blind(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, head: object, settings: object) -> torch.Tensor:
+        raise GradientsUnavailable("blind: the scores carry no input gradient")
+
+    table = {**METHODS, "fake-attribution": Method("fake-attribution", "Fake", "attribution", fake),
+             "blind": Method("blind", "Blind", "attribution", blind)}
+    monkeypatch.setattr(saliency_module, "METHODS", table)
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32)
+    found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit",
+                     methods=["gradient", "fake-attribution", "blind"], settings={"k": 1})
+    assert list(found.maps) == ["gradient", "fake-attribution"]
+    assert torch.equal(found.maps["fake-attribution"], torch.full((2, 32, 32), 0.5))
+    assert seen == [(2, saliency_module.SOFTMAX, {"k": 1})]
+    assert found.missing == {"blind": "blind: the scores carry no input gradient"}
+    without = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["fake-attribution"])
+    assert without.maps == {} and "no attribution settings" in without.missing["fake-attribution"]
+    assert len(seen) == 1  # not called without settings
+
+
+def test_the_fold_keeping_the_cam_layer_changes_no_map() -> None:
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([2, 4])
+    for layer in ("features.3", "features.4", "features.5"):  # a conv, its BatchNorm, the ReLU after them
+        keys = [key for key, method in METHODS.items() if method.family != "attribution"]
+        plain = saliency(model, x, targets, layer, "logit", methods=keys)
+        with folded_but_layer(model, layer, x[:1]) as folded:
+            assert folded == (1 if layer in ("features.3", "features.4") else 2)
+            found = saliency(model, x, targets, layer, "logit", methods=keys)
+        assert list(found.maps) == list(plain.maps)
+        for key, maps in plain.maps.items():  # float rounding only (Eigen-CAM's SVD magnifies it most)
+            assert_close_to_max(found.maps[key], maps, 1e-4)
+    with folded_but_layer(model, None, x[:1]) as folded:
+        assert folded == 0
