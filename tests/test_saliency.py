@@ -1,10 +1,9 @@
-"""The saliency engine (auditor.techniques.saliency): the merged gradient pass gives the separate functions'
-numbers, the caller chooses the methods, each family is dispatched on (a new one included), and the fold
-that keeps the CAM layer out changes no map."""
+"""The saliency engine (auditor.techniques.saliency): the caller chooses the methods, each family is
+dispatched on (a new one included), and the fold that keeps the CAM layer out changes no map."""
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,52 +15,10 @@ from auditor.techniques import reconstructions
 from auditor.techniques.attribution import GradientsUnavailable
 from auditor.techniques.reconstructions import (
     NoRectifierWarning,
-    deconvnet,
-    gradient,
     guided_backprop,
-    rectified_gradients,
-    rectifier_warnings,
 )
 from auditor.techniques.saliency import folded_but_layer, saliency
 from tests.fixtures_models import tiny
-
-
-class Rectifiers(nn.Module):
-    """Every kind of rectifier call: nn.ReLU, in-place F.relu, ReLU6, torch.relu and Tensor.relu_."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.a = nn.Conv2d(3, 6, 3, padding=1)
-        self.b = nn.Conv2d(6, 6, 3, padding=1)
-        self.c = nn.Conv2d(6, 8, 3, stride=2, padding=1)
-        self.norm = nn.BatchNorm2d(8)
-        self.relu = nn.ReLU()
-        self.relu6 = nn.ReLU6()
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.a(x))
-        y = nn.functional.relu(self.b(y), inplace=True)
-        y = self.relu6(self.norm(self.c(y)) * 3)
-        y = (torch.relu(y - 0.5) - 0.1).relu_()
-        return self.head(y.mean(dim=(-2, -1)))
-
-
-class Windows(nn.Module):
-    """A rectifier on a tensor whose first dimension is not the batch (windows folded into it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.a = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.a(x)  # [N, 4, 8, 8] -> [4N, 4, 4, 4] windows
-        windows = y.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(-1, 4, 4, 4)
-        windows = torch.relu(windows)
-        return self.head(windows.reshape(x.shape[0], -1, 4, 4, 4).mean(dim=(1, 3, 4)))
 
 
 def assert_close_to_max(found: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
@@ -69,36 +26,9 @@ def assert_close_to_max(found: torch.Tensor, expected: torch.Tensor, tolerance: 
     assert float((found - expected).abs().max()) <= tolerance * scale
 
 
-@pytest.mark.parametrize("model_factory, size", [(Rectifiers, 12), (Windows, 8), (tiny, 16)])
-def test_the_merged_pass_equals_the_separate_functions(model_factory, size) -> None:
-    model = model_factory().eval()
-    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
-    targets = torch.tensor([0, 2, 1])
-    merged = rectified_gradients(model, x, targets, ["guided", "deconvnet", "plain"])
-    for rule, function in (("guided", guided_backprop), ("deconvnet", deconvnet), ("plain", gradient)):
-        assert_close_to_max(merged.gradients[rule], function(model, x, targets))
-    assert not torch.equal(merged.gradients["guided"], merged.gradients["plain"])
-
-
-def test_the_merged_pass_is_one_forward_of_three_n_rows() -> None:
-    model = Rectifiers().eval()
-    rows: list[int] = []
-    model.a.register_forward_pre_hook(lambda module, inputs: rows.append(inputs[0].shape[0]))
-    x = torch.randn(2, 3, 12, 12)
-    rectified_gradients(model, x, torch.tensor([0, 1]), ["guided", "deconvnet", "plain"])
-    assert rows == [6]
-
-
-def test_the_merged_pass_keeps_the_no_rectifier_rule() -> None:
+def test_a_method_that_is_the_plain_gradient_is_not_scored_under_its_name() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     x = torch.randn(2, 3, 8, 8)
-    merged = rectified_gradients(model, x, torch.tensor([0, 1]), ["guided", "deconvnet", "plain"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing is raised until warn() is asked
-        merged.warn("plain")
-    with rectifier_warnings() as seen:
-        merged.warn("guided")
-    assert seen.plain and seen.plain[0].startswith("guided backprop: no rectifier")
     found = saliency(model, x, torch.tensor([0, 1]), None, "logit", methods=["guided-backprop", "deconvnet",
                                                                              "gradient"])
     assert set(found.maps) == {"gradient"}
@@ -132,17 +62,18 @@ def test_the_caller_chooses_the_methods(monkeypatch) -> None:
     original = saliency_module.cam_maps
     monkeypatch.setattr(saliency_module, "cam_maps",
                         lambda *a, **k: asked.append(list(k["methods"])) or original(*a, **k))
-    rules: list[list[str]] = []
-    merged = saliency_module.rectified_gradients
-    monkeypatch.setattr(saliency_module, "rectified_gradients",
-                        lambda model, x, targets, r: rules.append(list(r)) or merged(model, x, targets, r))
+    rules: list[str] = []
+    monkeypatch.setitem(saliency_module.METHODS, "gradient", replace(METHODS["gradient"], compute=lambda *a, **k: (
+        rules.append("plain") or METHODS["gradient"].compute(*a, **k))))
+    monkeypatch.setitem(saliency_module.METHODS, "guided-backprop", replace(METHODS["guided-backprop"],
+                        compute=lambda *a, **k: rules.append("guided") or METHODS["guided-backprop"].compute(*a, **k)))
     model = tiny().eval()
     x = torch.randn(2, 3, 32, 32)
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["gradient", "grad-cam"])
-    assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == [["plain"]]
+    assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == ["plain"]
     # a product brings in its parts, but only what was asked for is returned
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-grad-cam"])
-    assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == ["guided"]
+    assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == "guided"
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["deconvnet"],
                      known={"deconvnet": torch.zeros(2, 32, 32)})
     assert len(asked) == 2 and len(rules) == 2 and torch.equal(found.maps["deconvnet"], torch.zeros(2, 32, 32))

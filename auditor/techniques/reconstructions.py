@@ -107,17 +107,12 @@ def gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence
 
 class _Rectify(torch.autograd.Function):
     """clamp(x, 0, upper), in place or not; backward passes relu(gradient), for guided backprop only
-    where 0 < x < upper. It saves that mask, not x, so x may be overwritten in place.
-
-    With `rows` (a `_RowRules`), the rule is per row of x's first dimension: guided backprop, deconvnet, or
-    the plain gradient (the gradient where 0 < x < upper, as autograd's relu and hardtanh pass it)."""
+    where 0 < x < upper. It saves that mask, not x, so x may be overwritten in place."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, upper: float | None, guided: bool, inplace: bool,
-                rows: _RowRules | None = None) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, upper: float | None, guided: bool, inplace: bool) -> torch.Tensor:
         ctx.guided = guided
-        ctx.rows = rows
-        if guided or rows is not None:
+        if guided:
             ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
         if not inplace:
             return torch.relu(x) if upper is None else x.clamp(0, upper)
@@ -126,16 +121,10 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.rows is not None:
-            shape = (-1,) + (1,) * (grad.ndim - 1)
-            rectified = ctx.rows.rectified.to(grad.device).view(shape)
-            masked = ctx.rows.masked.to(grad.device).view(shape)
-            passed = torch.where(rectified, grad.clamp(min=0), grad)
-            return torch.where(masked, passed * ctx.saved_tensors[0], passed), None, None, None, None
         positive = grad.clamp(min=0)
         if ctx.guided:
             positive.mul_(ctx.saved_tensors[0])
-        return positive, None, None, None, None
+        return positive, None, None, None
 
 
 def _rectifier_call(func: Callable[..., Any], args: tuple[Any, ...],
@@ -164,36 +153,14 @@ def _bind(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: dict[str, Any
             for i, (name, default) in enumerate(defaults.items())]
 
 
-RULES = ("guided", "deconvnet", "plain")  # per-row backward rules of one merged pass (`rectified_gradients`)
-_RULE_NAMES = {"guided": "guided backprop", "deconvnet": "deconvnet", "plain": "gradient"}
-
-
-@dataclass(frozen=True)
-class _RowRules:
-    """Per row of the batch: whether the backward rectifies the gradient (guided backprop, deconvnet) and
-    whether it masks it by the forward input (guided backprop, the plain gradient)."""
-
-    rectified: torch.Tensor  # [rows] bool
-    masked: torch.Tensor  # [rows] bool
-
-    @classmethod
-    def of(cls, rules: Sequence[str], per_rule: int) -> _RowRules:
-        rectified = torch.tensor([rule in ("guided", "deconvnet") for rule in rules]).repeat_interleave(per_rule)
-        masked = torch.tensor([rule in ("guided", "plain") for rule in rules]).repeat_interleave(per_rule)
-        return cls(rectified, masked)
-
-
 class _RectifierMode(TorchFunctionMode):
-    """While active, every rectifier call runs as _Rectify (guided backprop or deconvnet, or with `rows` a
-    rule per row of the batch), in place if the call was; `seen` counts them, `mismatched` the calls whose
-    tensor's first dimension is not the batch's rows (their per-row rule cannot apply)."""
+    """While active, every rectifier call runs as _Rectify (guided backprop or deconvnet), in place if
+    the call was; `seen` counts them."""
 
-    def __init__(self, guided: bool, rows: _RowRules | None = None) -> None:
+    def __init__(self, guided: bool) -> None:
         super().__init__()
         self.guided = guided
-        self.rows = rows
         self.seen = 0
-        self.mismatched = 0
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
@@ -203,65 +170,7 @@ class _RectifierMode(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         x, upper, inplace = call
-        if self.rows is not None and (x.ndim == 0 or x.shape[0] != len(self.rows.rectified)):
-            self.mismatched += 1
-            raise _RowsMismatch
-        return _Rectify.apply(x, upper, self.guided, inplace, self.rows)
-
-
-class _RowsMismatch(Exception):
-    """A rectifier's tensor does not have the batch's rows first: the merged pass stops, each rule runs alone."""
-
-
-@dataclass(frozen=True)
-class RectifiedGradients:
-    """The input gradients of one merged pass, per rule, and the warnings each rule's own function gives."""
-
-    gradients: dict[str, torch.Tensor]  # rule ("guided", "deconvnet", "plain") -> [N, 3, H, W], detached
-    _model: nn.Module
-    _modes: dict[str, _RectifierMode]
-
-    def warn(self, rule: str) -> None:
-        """Raise the RectifierNotSeenWarning (if any) that the rule's own function (guided_backprop,
-        deconvnet) raises on this model; the plain gradient raises none."""
-        if rule != "plain":
-            _warn_if_blind(self._model, self._modes[rule], _RULE_NAMES[rule])
-
-
-def rectified_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
-                        rules: Sequence[str]) -> RectifiedGradients:
-    """Guided backprop, deconvnet and the plain gradient (`rules`, any of RULES, each once) of the class
-    logits `targets` [N] of images `x`, as ONE forward of len(rules) x N rows (the images repeated, one
-    block a rule, in `rules`' order) under a per-row rectifier rule, and one backward.
-
-    The numbers are those of the separate functions (in eval mode every row is its own computation). When
-    a rectifier reads a tensor whose first dimension is not the batch (windows, sequence-first tokens), the
-    rows cannot be told apart there, and each rule is computed by its own function instead. Warnings are
-    not raised here: `warn(rule)` raises what that rule's function would have.
-    """
-    rules = list(rules)
-    if not rules or len(set(rules)) != len(rules) or not set(rules) <= set(RULES):
-        raise ValueError(f"rules: give each of {', '.join(RULES)} at most once, not {rules!r}")
-    count = x.shape[0]
-    mode = _RectifierMode(guided=False, rows=_RowRules.of(rules, count))
-    repeated_targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).repeat(len(rules))
-    try:
-        grad = _input_gradient(model, torch.cat([x] * len(rules)), repeated_targets, None, mode, "")
-    except _RowsMismatch:
-        grad = None
-    if grad is not None and mode.mismatched == 0:
-        return RectifiedGradients(dict(zip(rules, grad.split(count))), model, dict.fromkeys(rules, mode))
-    gradients: dict[str, torch.Tensor] = {}
-    modes: dict[str, _RectifierMode] = {}
-    for rule in rules:
-        modes[rule] = _RectifierMode(guided=rule == "guided")
-        gradients[rule] = _input_gradient(model, x, targets, None, None if rule == "plain" else modes[rule], "")
-    return RectifiedGradients(gradients, model, modes)
-
-
-def merged_rule(function: Callable[..., torch.Tensor]) -> str | None:
-    """The rule of `rectified_gradients` that computes what `function` does, for the three functions here."""
-    return {guided_backprop: "guided", deconvnet: "deconvnet", gradient: "plain"}.get(function)
+        return _Rectify.apply(x, upper, self.guided, inplace)
 
 
 def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
@@ -279,7 +188,7 @@ def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | S
             output = channels_first(output, (x.shape[-2], x.shape[-1]))
         objective = _objective(output, targets, layer)
         (grad,) = torch.autograd.grad(objective, leaf)
-    if mode is not None and method:
+    if mode is not None:
         _warn_if_blind(model, mode, method)
     return grad.detach()
 

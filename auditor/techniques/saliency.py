@@ -3,10 +3,9 @@
 `saliency` computes the methods asked for on one model, images and classes, dispatching on each method's
 family (see auditor.methods for what `compute` is per family):
 - "cam": one `cam_maps` call for every CAM-family method needed (asked for, or a part of a product asked for);
-- "gradient": guided backprop, deconvnet and the plain gradient as ONE merged pass (one forward of 3N rows
-  with a backward rule per row, auditor.techniques.reconstructions.rectified_gradients); any other
-  gradient method by its own function. A result that is the plain gradient (NoRectifierWarning) is not
-  scored under the method's name;
+- "gradient": each method by its own function (a pass of 3N rows with a rule per row was tried and is
+  slower on the CPU: the plain gradient then leaves autograd's own ReLU backward); a result that is the
+  plain gradient (NoRectifierWarning) is not scored under the method's name;
 - "product": made of its parts' results (`products`);
 - "attribution": `compute(model, x, targets [N], head, settings) -> [N, H, W]` in [0, 1] with the caller's
   `settings` (auditor.methods.attribution_settings); a method whose gradients cannot be used is missing,
@@ -34,8 +33,6 @@ from auditor.techniques.cam import CamNotApplicable, cam_maps
 from auditor.techniques.cam_layers import resolve_layer
 from auditor.techniques.reconstructions import (
     gradient_saliency,
-    merged_rule,
-    rectified_gradients,
     rectifier_warnings,
 )
 
@@ -113,23 +110,15 @@ def _gradient_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, m
                      maps: dict[str, torch.Tensor], missing: dict[str, str],
                      products_todo: list[Method]) -> dict[str, torch.Tensor]:
     """Input gradients of the gradient methods still needed (not known, or a part of a product to make):
-    guided backprop, deconvnet and the plain gradient in one merged pass, any other by its own function.
+    each by its own function.
     Their maps go into `maps`; a result that is the plain gradient goes into `missing` instead."""
     wanted = [method for method in methods
               if method.key not in maps or any(product.key in {p.key for p in products_todo}
                                                for product in reusing(method.key))]
-    rules = {method.key: merged_rule(method.compute) for method in wanted}
-    merged = (rectified_gradients(model, x, targets, list(dict.fromkeys(r for r in rules.values() if r)))
-              if any(rules.values()) else None)
     gradients: dict[str, torch.Tensor] = {}
     for method in wanted:
-        rule = rules[method.key]
         with rectifier_warnings() as seen:
-            if rule is not None and merged is not None:
-                merged.warn(rule)
-                found = merged.gradients[rule].float().cpu()
-            else:
-                found = method.compute(model, x, targets).float().cpu()
+            found = method.compute(model, x, targets).float().cpu()
         if seen.plain:  # the plain gradient: not scored under the method's name
             maps.pop(method.key, None)
             missing[method.key] = seen.plain[0]
