@@ -63,10 +63,12 @@ def test_the_caller_chooses_the_methods(monkeypatch) -> None:
     monkeypatch.setattr(saliency_module, "cam_maps",
                         lambda *a, **k: asked.append(list(k["methods"])) or original(*a, **k))
     rules: list[str] = []
-    monkeypatch.setitem(saliency_module.METHODS, "gradient", replace(METHODS["gradient"], compute=lambda *a, **k: (
-        rules.append("plain") or METHODS["gradient"].compute(*a, **k))))
-    monkeypatch.setitem(saliency_module.METHODS, "guided-backprop", replace(METHODS["guided-backprop"],
-                        compute=lambda *a, **k: rules.append("guided") or METHODS["guided-backprop"].compute(*a, **k)))
+    for key, rule in (("gradient", "plain"), ("guided-backprop", "guided")):
+        def counted(*args, _compute=METHODS[key].compute, _rule=rule, **kwargs):  # the function, not the entry
+            rules.append(_rule)
+            return _compute(*args, **kwargs)
+
+        monkeypatch.setitem(saliency_module.METHODS, key, replace(METHODS[key], compute=counted))
     model = tiny().eval()
     x = torch.randn(2, 3, 32, 32)
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["gradient", "grad-cam"])

@@ -6,9 +6,10 @@ Three kinds of evidence, on the first `--trust-images` gallery images and their 
 - faithfulness (Petsiuk et al. 2018; Chattopadhay et al. 2018): does removing the most salient pixels
   first destroy the prediction, and inserting them first restore it, faster than a random map does?
 - localisation (with `--boxes`): does the map's peak fall on the object, and how much of its mass?
-The methods, their order and names are those of the one table (auditor.methods). The maps of the
-trained model are those the CAM and reconstruction sections drew (ctx.shared) when they ran; only the
-randomised models' maps are new.
+The methods are those the report draws (`trust_methods`), in the order and with the names of the one
+table (auditor.methods); the ones that take many passes per map are randomised at fewer steps. The maps of
+the trained model are those the CAM, reconstruction and attribution sections drew (ctx.shared) when they
+ran; only the randomised models' maps are new. The section ends with the one method it recommends.
 """
 
 from __future__ import annotations
