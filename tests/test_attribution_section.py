@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_models import tiny
-from toolkit import CHEAP, audit_section
+from fixtures_models import tiny, tiny_swin, tiny_vit
+from toolkit import CHEAP, audit, audit_section
 from torch import nn
 
 from auditor.declarations import ATTRIBUTION_METHODS, CAM_METHODS, Attribution, ClassActivationMaps
@@ -80,3 +80,12 @@ def test_torchscript_model_without_gradients_gets_occlusion_and_rise_and_says_wh
     assert "Integrated Gradients does not apply" in notes
     assert "TorchScript" in notes and "Occlusion and RISE need no gradients" in notes
     assert all(METHODS[key].family == "attribution" for key in section.metrics["unavailable"])
+
+
+@pytest.mark.parametrize("factory", [tiny_vit, tiny_swin])
+def test_every_attribution_method_runs_on_transformers_and_is_scored(factory) -> None:
+    report = audit(factory(), ("attribution", "trust"), **CHEAP, attribution_methods=ATTRIBUTION_METHODS)
+    trust, attribution = report.sections
+    assert trust.error is None and attribution.error is None, (trust.error_detail, attribution.error_detail)
+    assert attribution.metrics["methods"] == list(ATTRIBUTION_METHODS)
+    assert set(ATTRIBUTION_METHODS) <= set(trust.metrics["methods"])

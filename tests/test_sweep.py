@@ -33,9 +33,7 @@ INPUT_SIZES = {"alexnet": 64, "inception_v3": 75, "maxvit_t": 64}
 pytestmark = pytest.mark.slow
 
 SETTINGS = {"max_steps": 2, "max_size": 32, "max_channels": (0, 1), "max_exemplars": 1, "trust_steps": 1,
-            "trust_images": 1, "feature_channels": 4, "recon_channels": 1, "kernel_count": 8, "cam_top_k": 1,
-            "attribution_images": 1, "ig_steps": 2, "smoothgrad_samples": 1, "rise_masks": 2, "occlusion_window": 32,
-            "occlusion_stride": 32}
+            "trust_images": 1, "feature_channels": 4, "recon_channels": 1, "kernel_count": 8, "cam_top_k": 1}
 
 
 def build(name: str) -> tuple[nn.Module, int]:
@@ -71,7 +69,9 @@ def test_every_technique_completes(name: str, photos: Path) -> None:
     module, size = build(name)
     before = snapshot(module, values=False)  # the weights are too many to copy: their hash is checked
     model = load_model(module, input_size=size)
-    report = audit(model, images=photos, gallery_images=1, **SETTINGS)
+    # the attribution methods read only the input gradient or the output: tests/test_attribution_section.py
+    # runs them on a CNN, a ViT and a Swin; here they would double the sweep's time
+    report = audit(model, images=photos, gallery_images=1, skip=("attribution",), **SETTINGS)
     failed = {s.technique: s.error_detail for s in report.sections if s.error is not None}
     assert not failed, "\n\n".join(f"{technique}:\n{detail}" for technique, detail in failed.items())
     assert len(report.sections) >= 8  # predictions, trust, architecture, kernels, feature maps, recon, cam, max
