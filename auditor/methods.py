@@ -91,11 +91,12 @@ def attribution_settings(settings: Mapping[str, Any], batch_size: int, seed: int
                          size: tuple[int, int]) -> dict[str, Any]:
     """What the attribution adapters read: the attribution technique's options (its declared names), with the
     automatic occlusion window (a quarter of the shorter side) and stride (half the window) resolved for
-    inputs of `size`, the batch size and the seed."""
-    window = settings["occlusion_window"] or max(1, min(size) // 4)
+    inputs of `size` (a window given larger than the input is the whole input, a stride larger than the
+    window the window), the batch size and the seed."""
+    window = min(settings["occlusion_window"] or max(1, min(size) // 4), min(size))  # at most the input's side
     return {"ig_steps": settings["ig_steps"], "smoothgrad_samples": settings["smoothgrad_samples"],
             "smoothgrad_noise": settings["smoothgrad_noise"], "occlusion_window": window,
-            "occlusion_stride": settings["occlusion_stride"] or max(1, window // 2),
+            "occlusion_stride": min(settings["occlusion_stride"] or max(1, window // 2), window),
             "rise_masks": settings["rise_masks"], "rise_cell": settings["rise_cell"], "batch_size": batch_size,
             "seed": seed, "input_size": list(size)}
 
@@ -110,7 +111,8 @@ def passes(key: str, settings: Mapping[str, Any]) -> int:
     if key == "occlusion":
         window, stride = settings["occlusion_window"], settings["occlusion_stride"]
         height, width = settings["input_size"]
-        return ((max(height - window, 0) // stride + 1) * (max(width - window, 0) // stride + 1)) + 1
+        # captum's placement (auditor.techniques.attribution.occlusion): the last window may stick out, cut off
+        return (-(-(height - window) // stride) + 1) * (-(-(width - window) // stride) + 1) + 1
     if key == "rise":
         return settings["rise_masks"]
     raise KeyError(key)

@@ -89,3 +89,13 @@ def test_every_attribution_method_runs_on_transformers_and_is_scored(factory) ->
     assert trust.error is None and attribution.error is None, (trust.error_detail, attribution.error_detail)
     assert attribution.metrics["methods"] == list(ATTRIBUTION_METHODS)
     assert set(ATTRIBUTION_METHODS) <= set(trust.metrics["methods"])
+
+
+def test_an_occlusion_window_larger_than_the_input_is_the_whole_input() -> None:
+    from auditor.methods import attribution_settings
+
+    declared = {option.key: option.default for option in Attribution.options}
+    used = attribution_settings({**declared, "occlusion_window": 64, "occlusion_stride": 80}, 16, 0, (28, 40))
+    assert (used["occlusion_window"], used["occlusion_stride"]) == (28, 28)
+    # captum's placement: ceil((side - window) / stride) + 1 windows a side, the last one cut off; and the image
+    assert passes("occlusion", used) == 1 * 2 + 1
