@@ -22,19 +22,14 @@ from typing import Any
 import torch
 import torchvision
 from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+from timing import timings
 
 from auditor.techniques import attribution
 
 
 def median_of(function: Callable[[], Any], repeat: int, clock: Callable[[], float]) -> float:
     """Median seconds of `repeat` runs, after one warm-up run."""
-    function()
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        function()
-        times.append(clock() - start)
-    return statistics.median(times)
+    return statistics.median(timings(function, repeat, clock))
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import torchvision
 from captum.attr import LayerGradCam
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from timing import timings
 
 from auditor.techniques import cam
 
@@ -32,13 +33,7 @@ LAYER = "layer4"
 
 def best_of(function: Callable[[], Any], repeat: int, clock: Callable[[], float]) -> float:
     """Seconds of the fastest of `repeat` runs, after one warm-up run."""
-    function()
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        function()
-        times.append(clock() - start)
-    return min(times)
+    return min(timings(function, repeat, clock))
 
 
 def floor(model: torch.nn.Module, x: torch.Tensor) -> None:

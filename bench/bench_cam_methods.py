@@ -26,6 +26,7 @@ import torch
 import torchvision
 from pytorch_grad_cam import EigenCAM, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from timing import timings
 
 from auditor.techniques import cam
 
@@ -36,14 +37,7 @@ PGC = {"score-cam": ScoreCAM, "layer-cam": LayerCAM, "xgrad-cam": XGradCAM, "hir
 
 def median_of(function: Callable[[], Any], repeat: int, clock: Callable[[], float], warm_up: bool) -> float:
     """Median seconds of `repeat` runs, after one warm-up run if asked."""
-    if warm_up:
-        function()
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        function()
-        times.append(clock() - start)
-    return statistics.median(times)
+    return statistics.median(timings(function, repeat, clock, warm_up))
 
 
 def ours(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, method: str, batch_size: int) -> None:
