@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 from auditor import __version__, distributed
+from auditor.allocator import reuse_freed_memory
 from auditor.config import RunOptions
 from auditor.context import AuditContext, resolve_device, resolve_workers
 from auditor.document import Figure, Report, Section
@@ -63,6 +64,7 @@ def run_audit(
     """
     shown = as_progress(progress)
     options = options or RunOptions()
+    reuse_freed_memory()  # a batch's activations reuse freed blocks rather than page-faulted fresh ones
     device = resolve_device(options.device)
     precision_dtype(options.precision, device)  # fp16 on the CPU fails first
     world = distributed.start(device)

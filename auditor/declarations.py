@@ -175,9 +175,11 @@ class ClassActivationMaps:
                              "Score-CAM: the logit or the probability (softmax, or sigmoid for a sigmoid head).",
                default="logit", kind="choice", choices=("logit", "prob")),
         Option("cam-methods", f"CAM methods drawn on every image and scored by the trust section (or all: "
-                              f"{', '.join(CAM_METHODS)}); the first image shows every other one-pass method too. "
-                              "Score-CAM runs one forward pass per channel of the layer.", default=DEFAULT_CAM_METHODS, kind="choices",
-               choices=CAM_METHODS, metavar="A,B"),
+                              f"{', '.join(CAM_METHODS)}). Score-CAM runs one forward pass per channel of the layer.",
+               default=DEFAULT_CAM_METHODS, kind="choices", choices=CAM_METHODS, metavar="A,B"),
+        Option("cam-showcase", "CAM methods drawn on the first image besides --cam-methods (or all): there, once, "
+                               "Score-CAM costs a forward pass per channel of the layer.", default=CAM_METHODS,
+               kind="choices", choices=CAM_METHODS, metavar="A,B"),
     )
 
     def run(self, ctx: AuditContext, options: RunOptions) -> Section:

@@ -34,13 +34,16 @@ def test_method_lists_parse_all_and_refuse_unknown_keys():
 def test_cam_section_draws_the_chosen_methods_and_every_method_on_the_first_image():
     section = audit_section(tiny(), "cam", **CHEAP, cam_methods=("grad-cam", "eigen-cam"))
     assert section.metrics["methods"] == ["grad-cam", "eigen-cam"]
-    assert section.metrics["first_image_methods"] == [m for m in CAM_METHODS if m != "score-cam"]  # one pass each
+    assert section.metrics["first_image_methods"] == list(CAM_METHODS)  # --cam-showcase: all, Score-CAM too
     first, second = section.metrics["images"]
-    assert set(first["classes"][0]["peak_xy"]) == set(CAM_METHODS) - {"score-cam"}
-    assert any("Score-CAM is not drawn" in note for note in section.notes)
+    assert set(first["classes"][0]["peak_xy"]) == set(CAM_METHODS)
+    assert any(note.startswith("Score-CAM is drawn on the first image only") for note in section.notes)
     assert set(second["classes"][0]["peak_xy"]) == {"grad-cam", "eigen-cam"}
     peaks = next(block for block in section.blocks if getattr(block, "key", "") == "cam-peaks")
     assert peaks.columns[3:] == ["Grad-CAM", "Eigen-CAM"]
+    fewer = audit_section(tiny(), "cam", **CHEAP, cam_methods=("grad-cam",), cam_showcase=("cam", "grad-cam"))
+    assert fewer.metrics["first_image_methods"] == ["cam", "grad-cam"]
+    assert not any("Score-CAM" in note for note in fewer.notes)
 
 
 def test_attribution_section_maps_costs_and_settings():

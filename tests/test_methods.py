@@ -98,7 +98,7 @@ def test_one_function_and_one_entry_add_a_method_to_cam_maps_the_cam_and_trust_s
     trust, cam_section = report.sections
     assert trust.error is None and cam_section.error is None, (trust.error_detail, cam_section.error_detail)
     assert cam_section.metrics["methods"] == list(chosen)
-    assert cam_section.metrics["first_image_methods"] == [k for k in CAM_KEYS if k != "score-cam"] + ["abs-grad-cam"]
+    assert cam_section.metrics["first_image_methods"] == [*CAM_KEYS, "abs-grad-cam"]  # --cam-showcase: all
     peaks = next(b for b in cam_section.blocks if getattr(b, "key", "") == "cam-peaks")
     assert peaks.columns[-1] == "AbsGrad-CAM"
     assert list(trust.metrics["methods"]) == ["grad-cam", "guided-backprop", "deconvnet", "guided-grad-cam",

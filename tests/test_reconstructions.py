@@ -20,6 +20,7 @@ from auditor.techniques.reconstructions import (
     deconvnet,
     gradient,
     guided_backprop,
+    input_gradients,
 )
 from tests.fixtures_models import tiny
 from tests.toolkit import assert_unchanged, snapshot
@@ -199,6 +200,32 @@ def test_model_left_as_found_also_when_raising(method):
     assert result.shape == x.shape and not result.requires_grad
     assert_unchanged(model, before)
     assert torch.equal(x, x_before) and not x.requires_grad
+
+
+@pytest.mark.parametrize("layer", [None, "layer3"])
+def test_one_forward_serves_every_method_and_target(layer):
+    """input_gradients' methods and [N, K] targets share one forward pass and equal the one-method calls: the
+    plain gradient through the recorded masks is autograd's ReLU backward (exact: both multiply by 0 or 1)."""
+    model = tvm.resnet18(num_classes=7).eval()
+    before = snapshot(model)
+    x = torch.randn(2, 3, 48, 48)
+    targets = torch.tensor([[3, 5, 0], [1, 1, 6]])
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda *_: calls.append(1))
+    found = input_gradients(model, x, targets, layer=layer)
+    handle.remove()
+    assert len(calls) == 1 and set(found) == {"guided-backprop", "deconvnet", "gradient"}
+    for key, one in (("guided-backprop", guided_backprop), ("deconvnet", deconvnet), ("gradient", gradient)):
+        assert found[key].shape == (2, 3, 3, 48, 48)
+        for k in range(3):
+            torch.testing.assert_close(found[key][:, k], one(model, x, targets[:, k], layer=layer), rtol=0, atol=0)
+    assert not torch.equal(found["guided-backprop"], found["gradient"])
+    assert_unchanged(model, before)
+
+
+def test_input_gradients_refuses_unknown_methods():
+    with pytest.raises(ValueError, match="guided-backprop, deconvnet, gradient"):
+        input_gradients(tiny(), torch.randn(1, 3, 8, 8), torch.tensor([0]), ("smooth",))
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ dispatched on (a new one included), and the fold that keeps the CAM layer out ch
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from torch import nn
@@ -62,23 +60,23 @@ def test_the_caller_chooses_the_methods(monkeypatch) -> None:
     original = saliency_module.cam_maps
     monkeypatch.setattr(saliency_module, "cam_maps",
                         lambda *a, **k: asked.append(list(k["methods"])) or original(*a, **k))
-    rules: list[str] = []
-    for key, rule in (("gradient", "plain"), ("guided-backprop", "guided")):
-        def counted(*args, _compute=METHODS[key].compute, _rule=rule, **kwargs):  # the function, not the entry
-            rules.append(_rule)
-            return _compute(*args, **kwargs)
-
-        monkeypatch.setitem(saliency_module.METHODS, key, replace(METHODS[key], compute=counted))
+    rules: list[list[str]] = []  # the gradient methods of each input_gradients call
+    gradients = saliency_module.input_gradients
+    monkeypatch.setattr(saliency_module, "input_gradients",
+                        lambda model, x, targets, methods: rules.append(list(methods)) or gradients(model, x, targets,
+                                                                                                  methods))
     model = tiny().eval()
     x = torch.randn(2, 3, 32, 32)
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["gradient", "grad-cam"])
-    assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == ["plain"]
+    assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == [["gradient"]]
     # a product brings in its parts, but only what was asked for is returned
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-grad-cam"])
-    assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == "guided"
+    assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == ["guided-backprop"]
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["deconvnet"],
                      known={"deconvnet": torch.zeros(2, 32, 32)})
     assert len(asked) == 2 and len(rules) == 2 and torch.equal(found.maps["deconvnet"], torch.zeros(2, 32, 32))
+    saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-backprop", "deconvnet", "gradient"])
+    assert rules[-1] == ["guided-backprop", "deconvnet", "gradient"] and len(rules) == 3  # one forward pass for all
     with pytest.raises(ValueError, match="unknown nope"):
         saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["nope"])
 

@@ -12,6 +12,7 @@ the guided backprop it computed itself, for the trust section.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -130,11 +131,11 @@ def image_figure(ctx: AuditContext, maps: dict[str, torch.Tensor], p: Plan, row:
     return Figure(f"cam-{name}", caption, to_jpeg(picture), "image/jpeg", alt=f"Class activation maps for {name}.")
 
 
-def first_image_maps(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor, target: str) -> CamResult:
-    """The one-pass CAM-family methods that --cam-methods left out, on the first shown image and its classes
-    only (Score-CAM, a forward pass per channel, only when chosen)."""
-    rest = [m for m in METHODS if METHODS[m].family == "cam" and not METHODS[m].many_passes
-            and m not in result.maps and m not in result.unavailable]
+def first_image_maps(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor, target: str,
+                     showcase: Sequence[str]) -> CamResult:
+    """The CAM-family methods of --cam-showcase that --cam-methods left out, on the first shown image and its
+    classes only (Score-CAM: one pass of masked inputs serves every class)."""
+    rest = [m for m in METHODS if m in showcase and m not in result.maps and m not in result.unavailable]
     if not rest:
         return replace(result, raw={}, maps={}, unavailable={})
     return cam_maps(ctx.module, batch[:1], p.targets[:1].to(ctx.device), result.layer.name, target=target,
@@ -234,7 +235,7 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
         return Section(heading.name, heading.title, text=INTRODUCTION,
                        notes=[f"The CAM family does not apply to {ctx.model.name}: {error}."],
                        metrics={"not_applicable": str(error)})
-    first = first_image_maps(ctx, result, p, batch, settings["cam_target"])
+    first = first_image_maps(ctx, result, p, batch, settings["cam_target"], settings["cam_showcase"])
     unavailable = {**result.unavailable, **first.unavailable}
     shown = [m for m in chosen_methods if m in result.maps]
     target_text = ("differentiating the class logit" if result.target == "logit"
@@ -274,9 +275,9 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
             f"{result.formed}; {target_text}. A map on the object supports the prediction; a map on the background "
             f"or on another object is a warning, even when the class is right.")
     notes = [f"{METHODS[m].name} does not apply: {why}." for m, why in unavailable.items()]
-    notes += [f"{METHODS[m].name} is not drawn: it runs one forward pass per channel of {result.layer.name} for "
-              f"each image; choose it with --cam-methods {m} (or all)." for m in METHODS
-              if METHODS[m].family == "cam" and METHODS[m].many_passes and m not in every and m not in unavailable]
+    notes += [f"{METHODS[m].name} is drawn on the first image only: it runs a forward pass per channel of "
+              f"{result.layer.name} for each image; --cam-methods {m} draws it on every image."
+              for m in first.maps if METHODS[m].many_passes]
     notes += [guided_note] if guided_note else []
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
                "target": result.target, "methods": shown, "first_image_methods": list(every),

@@ -19,7 +19,7 @@ from auditor.methods import METHODS
 from auditor.nn.layers import resolve_layer, stage_layers
 from auditor.shared import GradientShared
 from auditor.techniques.feature_maps import capture, strongest_channels
-from auditor.techniques.reconstructions import rectifier_warnings
+from auditor.techniques.reconstructions import input_gradients, rectifier_warnings
 
 TILE_PX = 150
 SHOWN = ("guided-backprop", "deconvnet")  # method keys, one row each
@@ -50,13 +50,13 @@ def reconstruct(ctx: AuditContext, batch: torch.Tensor, classes: torch.Tensor, l
                 channels: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], list[str], bool]:
     """Per method key, [class gradients, channel 1 gradients, ...] (each N×3×H×W), the warnings raised, and
     whether the results are the plain gradient (no rectifier seen)."""
-    results: dict[str, list[torch.Tensor]] = {}
-    with rectifier_warnings() as seen:
-        for key in SHOWN:
-            function = METHODS[key].compute
-            results[key] = [function(ctx.module, batch, classes).cpu()]
-            results[key] += [function(ctx.module, batch, channels[:, j], layer=layer).cpu()
-                             for j in range(channels.shape[1])]
+    with rectifier_warnings() as seen:  # each call: one forward pass for both methods (and every channel)
+        by_class = input_gradients(ctx.module, batch, classes, SHOWN)
+        results = {key: [by_class[key].cpu()] for key in SHOWN}
+        if channels.shape[1]:
+            by_channel = input_gradients(ctx.module, batch, channels, SHOWN, layer=layer)
+            for key in SHOWN:
+                results[key] += list(by_channel[key].cpu().unbind(dim=1))
     return results, seen.messages, bool(seen.plain)
 
 

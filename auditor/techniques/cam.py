@@ -348,16 +348,15 @@ def guided_grad_cam(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets
     rectifier runs; reduce it to a map with reconstructions.gradient_saliency."""
     columns = _as_targets(targets, len(x))  # [N, K]
     maps = grad_cam(model, layer, x, columns, target=target)  # [N, K, H, W]
-    product = torch.stack([guided_grad_cam_product(guided_backprop(model, x, columns[:, k]), maps[:, k])
-                           for k in range(columns.shape[1])], dim=1)
+    product = guided_grad_cam_product(guided_backprop(model, x, columns), maps)  # one forward pass for all K
     return product[:, 0] if torch.as_tensor(targets).ndim == 1 else product
 
 
 def guided_grad_cam_product(guided: torch.Tensor, grad_cam_maps: torch.Tensor) -> torch.Tensor:
-    """Guided Grad-CAM from results already computed: guided backprop gradients [N, 3, H, W] times the
-    Grad-CAM maps of the same images and classes [N, H, W] (upsampled to the input), on the gradients'
+    """Guided Grad-CAM from results already computed: guided backprop gradients [N(,K), 3, H, W] times the
+    Grad-CAM maps of the same images and classes [N(,K), H, W] (upsampled to the input), on the gradients'
     device and dtype."""
-    return guided * grad_cam_maps.to(guided.device, guided.dtype)[:, None]
+    return guided * grad_cam_maps.to(guided.device, guided.dtype).unsqueeze(-3)
 
 
 def _one_method(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: torch.Tensor, target: Target,

@@ -79,41 +79,107 @@ def rectifier_warnings() -> Iterator[RectifierWarnings]:
         yield seen
 
 
+RULES = ("guided-backprop", "deconvnet", "gradient")  # the backward rules, named as in auditor.methods
+_WORDS = {"guided-backprop": "guided backprop", "deconvnet": "deconvnet"}  # in warnings
+
+
 def guided_backprop(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
                     layer: str | nn.Module | None = None) -> torch.Tensor:
     """Guided backprop input gradients [N, 3, H, W] (see module doc and `gradient` for the arguments)."""
-    return _input_gradient(model, x, targets, layer, _RectifierMode(guided=True), "guided backprop")
+    return input_gradients(model, x, targets, ("guided-backprop",), layer)["guided-backprop"]
 
 
 def deconvnet(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
               layer: str | nn.Module | None = None) -> torch.Tensor:
     """Deconvnet reconstructions [N, 3, H, W] (see module doc and `gradient` for the arguments)."""
-    return _input_gradient(model, x, targets, layer, _RectifierMode(guided=False), "deconvnet")
+    return input_gradients(model, x, targets, ("deconvnet",), layer)["deconvnet"]
 
 
 def gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
              layer: str | nn.Module | None = None) -> torch.Tensor:
     """The plain input gradient [N, 3, H, W] of each image's objective, in eval mode, batched over images.
 
-    Without `layer`, targets [N] are class indices and the objective is that logit. With `layer`,
+    Without `layer`, targets [N] are class indices and the objective is that logit ([N, K]: K classes per
+    image, the gradients [N, K, 3, H, W], from one forward pass as in `input_gradients`). With `layer`,
     targets are channel indices of that layer's output and the objective is the channel's strongest
     activation (Zeiler & Fergus: keep the maximum of the feature map, zero the rest, project back;
     the seed is 1 at the maximum, so results are not scaled by the activation value; channels-last
     maps and patch tokens are read channels first). The forward pass stops at the layer's first call.
     The result is detached, on x's device.
     """
-    return _input_gradient(model, x, targets, layer, None, "gradient")
+    return input_gradients(model, x, targets, ("gradient",), layer)["gradient"]
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
+                    methods: Sequence[str] = RULES, layer: str | nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Several methods' input gradients from one forward pass: per method of `methods` (of RULES), the
+    gradients [N, 3, H, W] for targets [N], or [N, K, 3, H, W] for targets [N, K] (K objectives per image).
+
+    The forward pass records each rectifier once, keeping its mask 0 < x < max; each backward pass then
+    applies one method's rule to it (`_Rule`), so guided backprop, deconvnet and the plain gradient of K
+    targets cost one forward pass and K backward passes each, the numbers of their one-method calls. The
+    plain gradient alone runs no mode at all: autograd's own backward."""
+    unknown = [m for m in methods if m not in RULES]
+    if unknown or not methods:
+        raise ValueError(f"input_gradients: methods among {', '.join(RULES)}, not {', '.join(unknown) or 'none'}")
+    rule = None if tuple(methods) == ("gradient",) else _Rule()
+    with audit_mode(model), torch.inference_mode(False), torch.enable_grad():
+        # clones made here are normal tensors even when the caller's are from inference mode
+        targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).clone()
+        if targets.ndim not in (1, 2) or targets.shape[0] != x.shape[0]:
+            raise AuditorError(f"targets: give one index per image ({x.shape[0]}), or [images, K], not a tensor "
+                               f"of shape {tuple(targets.shape)}")
+        columns = targets[:, None] if targets.ndim == 1 else targets
+        leaf = x.detach().clone().requires_grad_(True)
+        output = _forward(model, leaf.clone(), layer, rule)  # a non-leaf copy: in-place ops on it are allowed
+        if layer is not None and isinstance(output, torch.Tensor):  # Swin's channels-last maps, ViT's tokens
+            output = channels_first(output, (x.shape[-2], x.shape[-1]))
+        objectives = [_objective(output, columns[:, k], layer) for k in range(columns.shape[1])]
+        found: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+        last = (len(objectives) - 1, len(methods) - 1)
+        for k, objective in enumerate(objectives):
+            for i, method in enumerate(methods):
+                if rule is not None:
+                    rule.method = method
+                (grad,) = torch.autograd.grad(objective, leaf, retain_graph=(k, i) != last)
+                found[method].append(grad.detach())
+    if rule is not None:
+        for method in methods:
+            if method != "gradient":
+                _warn_if_blind(model, rule, _WORDS[method])
+    return {m: torch.stack(g, dim=1) if targets.ndim == 2 else g[0] for m, g in found.items()}
+
+
+class _Rule(TorchFunctionMode):
+    """While active, every rectifier call runs as _Rectify; `seen` counts them. `method` (one of RULES) is
+    the backward rule, read when the backward pass runs, so one recorded forward serves every method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.method = RULES[0]
+        self.seen = 0
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        call = _rectifier_call(func, args, kwargs)
+        if call is None:
+            return func(*args, **kwargs)
+        self.seen += 1
+        x, upper, inplace = call
+        return _Rectify.apply(x, upper, self, inplace)
 
 
 class _Rectify(torch.autograd.Function):
-    """clamp(x, 0, upper), in place or not; backward passes relu(gradient), for guided backprop only
-    where 0 < x < upper. It saves that mask, not x, so x may be overwritten in place."""
+    """clamp(x, 0, upper), in place or not. It saves the mask 0 < x < upper, not x, so x may be overwritten
+    in place. Backward, by the rule's method: guided backprop passes relu(gradient) where the mask holds,
+    deconvnet relu(gradient) everywhere, the plain gradient the gradient where the mask holds (autograd's
+    own ReLU and hardtanh backward)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, upper: float | None, guided: bool, inplace: bool) -> torch.Tensor:
-        ctx.guided = guided
-        if guided:
-            ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
+    def forward(ctx: Any, x: torch.Tensor, upper: float | None, rule: _Rule, inplace: bool) -> torch.Tensor:
+        ctx.rule = rule
+        ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
         if not inplace:
             return torch.relu(x) if upper is None else x.clamp(0, upper)
         ctx.mark_dirty(x)
@@ -121,10 +187,12 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (mask,) = ctx.saved_tensors
+        method = ctx.rule.method
+        if method == "gradient":
+            return grad * mask, None, None, None
         positive = grad.clamp(min=0)
-        if ctx.guided:
-            positive.mul_(ctx.saved_tensors[0])
-        return positive, None, None, None
+        return (positive if method == "deconvnet" else positive.mul_(mask)), None, None, None
 
 
 def _rectifier_call(func: Callable[..., Any], args: tuple[Any, ...],
@@ -153,50 +221,9 @@ def _bind(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: dict[str, Any
             for i, (name, default) in enumerate(defaults.items())]
 
 
-class _RectifierMode(TorchFunctionMode):
-    """While active, every rectifier call runs as _Rectify (guided backprop or deconvnet), in place if
-    the call was; `seen` counts them."""
-
-    def __init__(self, guided: bool) -> None:
-        super().__init__()
-        self.guided = guided
-        self.seen = 0
-
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
-        kwargs = kwargs or {}
-        call = _rectifier_call(func, args, kwargs)
-        if call is None:
-            return func(*args, **kwargs)
-        self.seen += 1
-        x, upper, inplace = call
-        return _Rectify.apply(x, upper, self.guided, inplace)
-
-
-def _input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Sequence[int],
-                    layer: str | nn.Module | None, mode: _RectifierMode | None, method: str) -> torch.Tensor:
-    """The shared pipeline: forward (under the rectifier mode, if any), objective, input gradient."""
-    with audit_mode(model), torch.inference_mode(False), torch.enable_grad():
-        # clones made here are normal tensors even when the caller's are from inference mode
-        targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).clone()
-        if targets.shape != x.shape[:1]:
-            raise AuditorError(f"targets: give one index per image ({x.shape[0]}), not a tensor of shape "
-                               f"{tuple(targets.shape)}")
-        leaf = x.detach().clone().requires_grad_(True)
-        output = _forward(model, leaf.clone(), layer, mode)  # a non-leaf copy: in-place ops on it are allowed
-        if layer is not None and isinstance(output, torch.Tensor):  # Swin's channels-last maps, ViT's tokens
-            output = channels_first(output, (x.shape[-2], x.shape[-1]))
-        objective = _objective(output, targets, layer)
-        (grad,) = torch.autograd.grad(objective, leaf)
-    if mode is not None:
-        _warn_if_blind(model, mode, method)
-    return grad.detach()
-
-
-def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None,
-             mode: _RectifierMode | None) -> Any:
+def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None, rule: _Rule | None) -> Any:
     """The logits, or the output of `layer`'s first call (the forward pass stops there)."""
-    with mode if mode is not None else nullcontext():
+    with rule if rule is not None else nullcontext():
         if layer is None:
             return model(x)
         _, module = resolve_layer(model, layer)
@@ -222,15 +249,17 @@ def _objective(output: Any, targets: torch.Tensor, layer: str | nn.Module | None
     return chosen.reshape(len(targets), -1).max(dim=1).values.sum()
 
 
-def _warn_if_blind(model: nn.Module, mode: _RectifierMode, method: str) -> None:
+def _warn_if_blind(model: nn.Module, rule: _Rule, method: str) -> None:
     """Warn (never silently) when the rectifiers could not all be replaced: the result is then the plain gradient."""
-    if mode.seen == 0:
+    if rule.seen == 0:
         warnings.warn(f"{method}: no rectifier (nn.ReLU, ReLU6, F.relu, torch.relu) ran in the forward pass, "
                       "e.g. a TorchScript model or one with other activations; the result reduces to the plain "
                       "input gradient", NoRectifierWarning, stacklevel=4)
     elif any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
                       "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)
+
+
 def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:
     """Input gradients [..., C, H, W] -> maps [..., H, W] in [0, 1]: largest |gradient| over channels, min-max scaled.
 

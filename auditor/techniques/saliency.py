@@ -3,9 +3,8 @@
 `saliency` computes the methods asked for on one model, images and classes, dispatching on each method's
 family (see auditor.methods for what `compute` is per family):
 - "cam": one `cam_maps` call for every CAM-family method needed (asked for, or a part of a product asked for);
-- "gradient": each method by its own function (a pass of 3N rows with a rule per row was tried and is
-  slower on the CPU: the plain gradient then leaves autograd's own ReLU backward); a result that is the
-  plain gradient (NoRectifierWarning) is not scored under the method's name;
+- "gradient": every method from one forward pass (`input_gradients`: a backward pass per method); a
+  result that is the plain gradient (NoRectifierWarning) is not scored under the method's name;
 - "product": made of its parts' results (`products`);
 - "attribution": `compute(model, x, targets [N], head, settings) -> [N, H, W]` in [0, 1] with the caller's
   `settings` (auditor.methods.attribution_settings); a method whose gradients cannot be used is missing,
@@ -33,6 +32,7 @@ from auditor.techniques.cam import CamNotApplicable, cam_maps
 from auditor.techniques.cam_layers import resolve_layer
 from auditor.techniques.reconstructions import (
     gradient_saliency,
+    input_gradients,
     rectifier_warnings,
 )
 
@@ -109,22 +109,26 @@ def _cam_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer:
 def _gradient_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods: list[Method],
                      maps: dict[str, torch.Tensor], missing: dict[str, str],
                      products_todo: list[Method]) -> dict[str, torch.Tensor]:
-    """Input gradients of the gradient methods still needed (not known, or a part of a product to make):
-    each by its own function.
+    """Input gradients of the gradient methods still needed (not known, or a part of a product to make),
+    all from one forward pass (`input_gradients`).
     Their maps go into `maps`; a result that is the plain gradient goes into `missing` instead."""
-    wanted = [method for method in methods
+    wanted = [method.key for method in methods
               if method.key not in maps or any(product.key in {p.key for p in products_todo}
                                                for product in reusing(method.key))]
+    if not wanted:
+        return {}
+    with rectifier_warnings() as seen:
+        found = {key: g.float().cpu() for key, g in input_gradients(model, x, targets, wanted).items()}
+    rectified = [key for key in wanted if key != "gradient"]  # warned in this order
+    plain = dict(zip(rectified, seen.plain)) if len(seen.plain) == len(rectified) else {}
     gradients: dict[str, torch.Tensor] = {}
-    for method in wanted:
-        with rectifier_warnings() as seen:
-            found = method.compute(model, x, targets).float().cpu()
-        if seen.plain:  # the plain gradient: not scored under the method's name
-            maps.pop(method.key, None)
-            missing[method.key] = seen.plain[0]
+    for key in wanted:
+        if key in plain:  # the plain gradient: not scored under the method's name
+            maps.pop(key, None)
+            missing[key] = plain[key]
         else:
-            gradients[method.key] = found
-            maps.setdefault(method.key, gradient_saliency(found))
+            gradients[key] = found[key]
+            maps.setdefault(key, gradient_saliency(found[key]))
     return gradients
 
 
