@@ -12,7 +12,7 @@ saliency engine, given to both sides). What is timed:
   per step, ~180 copies for this model). Its explain_func computes each map with our saliency engine for that
   one method (auditor.techniques.saliency.saliency, methods=[key]), so only the framework differs. Ours:
   the trust section's `cascade` (BatchNorms folded in each copy, the CAM layer kept; the three methods of a
-  copy together, the gradient methods in one merged pass; Spearman and SSIM of every method and step at once).
+  copy together, the gradient methods from one forward pass; Spearman and SSIM of every method and step at once).
 - faithfulness: Quantus `PixelFlipping` (deletion only, "mean" baseline, H*W/7 pixels a step: 7 model passes
   a map, one image at a time) and `ROAD` (most relevant first, noisy linear imputation, at the same interior
   fractions as ours) versus our `deletion_insertion` (deletion AND insertion, --steps + 1 points, "mean"
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from auditor import load_images, load_model
+from auditor.allocator import reuse_freed_memory
 from auditor.nn.folding import folded_batch_norms
 from auditor.nn.restore import audit_mode
 from auditor.sections.trust import automatic_layer_name, cascade
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--no-road", action="store_true", help="skip ROAD (its imputation is the slow part)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    reuse_freed_memory()  # as run_audit does; both sides' passes gain from it
     loaded = load_model()
     model = loaded.module.eval()
     images = load_images(None, loaded.preprocess, loaded.class_names)
@@ -85,7 +87,7 @@ def main() -> None:
     ctx = types.SimpleNamespace(module=model, options=types.SimpleNamespace(seed=0), head=loaded_head(loaded),
                                 progress=types.SimpleNamespace(each=lambda items, *a, **k: items))
     started = time.perf_counter()
-    _, scores, _ = cascade(ctx, x, top, layer, "logit", trained, args.steps)
+    _, scores, _, _ = cascade(ctx, x, top, layer, "logit", trained, args.steps, {})
     ours_cascade = time.perf_counter() - started
     print(f"  (ours cascade {ours_cascade:.2f} s)", flush=True)
     stacked = torch.stack([trained.maps[m] for m in METHODS], dim=1)

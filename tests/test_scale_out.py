@@ -166,7 +166,7 @@ def test_the_scan_checks_files_in_workers_with_the_same_result(folder):
 
 def test_bf16_maps_and_probabilities_follow_fp32(folder):
     """A torchvision resnet18 with random weights: its Grad-CAM maps and probabilities under bf16 autocast
-    against fp32 (the CAM section itself runs in fp32 for now: see the note it adds under bf16)."""
+    against fp32."""
     from auditor.techniques.cam import grad_cam
 
     model = load_model("resnet18", weights="none", input_size=64)
@@ -184,6 +184,17 @@ def test_bf16_maps_and_probabilities_follow_fp32(folder):
     assert np.corrcoef(p32.flatten(), p16.flatten())[0, 1] > 0.99
     assert m32.shape == m16.shape == (4, 64, 64)
     assert np.corrcoef(m32.float().flatten().detach(), m16.float().flatten().detach())[0, 1] > 0.99
+
+
+def test_every_technique_runs_under_bf16_without_falling_back_to_fp32():
+    from tests.fixtures_models import tiny
+    from tests.toolkit import CHEAP, audit
+
+    report = audit(tiny(), size=32, precision="bf16", **CHEAP)
+    assert [s.technique for s in report.sections if s.error] == []
+    assert [n for s in report.sections for n in s.notes if "--precision" in n] == []
+    used = {t["name"]: t["precision"] for t in report.record["techniques"]}
+    assert {t: p for t, p in used.items() if p != "bf16"} == {"architecture": "fp32", "kernels": "fp32"}
 
 
 def test_fp16_on_the_cpu_is_refused_in_one_line(folder, tmp_path):

@@ -240,8 +240,9 @@ def _maximize(model: nn.Module, layer: str | nn.Module | None, channels: Sequenc
                 normalised = to_input(rgb).contiguous(memory_format=layout)
                 final = _channel_means(channels_first(run(normalised), (size, size)), targets)
     shape = (len(chosen), copies) if copies > 1 else (len(chosen),)
-    return Maximization(name, method, chosen, rgb.detach().reshape(*shape, *rgb.shape[1:]).cpu(),
-                        final.reshape(shape).cpu(), torch.stack(history).reshape(steps, *shape).cpu())
+    # float32 out, also under bf16 / fp16 autocast (whose matrix products give the colours in half precision)
+    return Maximization(name, method, chosen, rgb.detach().float().reshape(*shape, *rgb.shape[1:]).cpu(),
+                        final.float().reshape(shape).cpu(), torch.stack(history).float().reshape(steps, *shape).cpu())
 
 
 def _check_options(method: str, steps: int, size: int) -> None:
