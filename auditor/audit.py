@@ -59,8 +59,9 @@ def run_audit(
     `progress` (auditor.progress; default: none shown) is told as each technique starts and what it counts.
 
     Under torchrun (auditor.distributed) every rank computes its shard of the forward pass and rank 0
-    runs the techniques and returns the Report; the other ranks return None. A rank that fails before
-    the merge makes every rank raise distributed.RankFailed.
+    runs the techniques and returns the Report; the other ranks compute their share of the spread
+    techniques' images and return None. A rank that fails before the merge makes every rank raise
+    distributed.RankFailed.
     """
     shown = as_progress(progress)
     options = options or RunOptions()
@@ -94,16 +95,20 @@ def run_audit(
             requires_grad = stack.enter_context(audit_mode(model.module, device))
             ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)
             ctx.forward  # noqa: B018 - the shared forward pass: each rank's shard, merged on every rank
-        distributed.finish(world)
-        if not world.main:
-            return None  # its share is merged; rank 0 writes the one report
-        check_references(options, model.module, model.name, ctx.class_names)
+        check_references(options, model.module, model.name, ctx.class_names)  # the same on every rank
+        if not world.main:  # its forward shard is merged; it helps with the spread techniques' images only
+            for technique in run_order(techniques):
+                if getattr(technique, "spreads", False):
+                    _run_one(technique, ctx, options)
+            distributed.finish(world)
+            return None
         label_notes = _label_count_notes(model, ctx.forward.logits.shape[1])
         for index, technique in enumerate(run_order(techniques)):
             shown.close()
             shown.start(technique.name, index, len(techniques))
             done[technique.name] = _run_one(technique, ctx, options)
         shown.close()
+        distributed.finish(world)
         layout = "channels-last" if ctx.memory_format == torch.channels_last else "contiguous"
     sections = [done[t.name] for t in techniques]  # shown in registry order, whatever order they ran in
     record = audit_record(model, images, options, device, when, time.perf_counter() - started, sections, layout,

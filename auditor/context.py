@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cached_property
+from typing import Any
 
 import torch
 from PIL import Image
@@ -136,6 +137,21 @@ class AuditContext:
         if image.mode == "RGBA":
             image = on_white(image)
         return image if size is None else image.resize((size, size), Image.Resampling.BICUBIC)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the report: one process, or rank 0 of a torchrun group."""
+        return distributed.current().main
+
+    def spread(self, count: int, compute: Callable[[int], Any]) -> list[Any]:
+        """[compute(0), ..., compute(count - 1)], one image each, split over torchrun's ranks and gathered
+        to every rank (auditor.distributed.spread); in one process, the same calls in turn."""
+        return distributed.spread(distributed.current(), count, compute)
+
+    def share_from_main(self) -> None:
+        """Rank 0's `shared` results on every rank, before a spread technique reuses them (the sections
+        that published them ran on rank 0 only)."""
+        self.shared = distributed.broadcast(distributed.current(), self.shared)
 
     @cached_property
     def forward(self) -> Forward:

@@ -66,6 +66,7 @@ class Trust:
     summary: ClassVar[str] = ("Sanity checks (weight randomisation, other class), deletion / insertion faithfulness "
                               "and, with --boxes, the pointing game, per saliency method.")
     after: ClassVar[tuple[str, ...]] = ("cam", "reconstructions", "attribution")  # reuses their maps; shown first
+    spreads: ClassVar[bool] = True  # under torchrun each rank scores its share of the images
     options: ClassVar[tuple[Option, ...]] = (
         Option("trust-images", "Images (the first of each gallery) on which the methods are tested.", default=2,
                kind="int", low=1, high=64, metavar="N"),

@@ -10,8 +10,12 @@ NCCL when the audit runs on CUDA (each rank on cuda:LOCAL_RANK), gloo on the CPU
 - each rank runs the shared forward pass on its shard: whole `--batch-size` batches of the sorted list,
   contiguous, so that every batch holds the same images as in one process and its logits are
   bit-identical; the logits (float32, on the CPU) are gathered to every rank in image order;
-- rank 0 runs every technique on the gathered forward pass and writes the one report; the other ranks
-  leave the group, write nothing, and `run_audit` returns None there.
+- rank 0 runs every technique on the gathered forward pass and writes the one report. The other ranks
+  run only the techniques that spread their per-image work (`spreads = True`, today the trust section),
+  in the same order: `spread` gives each rank its block of the images, computed one image at a time
+  (the unit of work whatever the world size, so the numbers are those of one process), and every rank
+  gets every result; `broadcast` gives them rank 0's shared results first. Then they leave the group,
+  write nothing, and `run_audit` returns None there.
 
 Failure: each exchange is one all_gather_object of (ok, error line, payload). Work whose error the other
 ranks must learn runs under `guard`: an exception there becomes this rank's status at the exchange the
@@ -60,6 +64,7 @@ class World:
     owned: bool = False  # the group was created here (and is destroyed here), not by the caller's program
     open: bool = False  # the group is there for further exchanges
     shards: list[int] = field(default_factory=list)  # images in each rank's forward shard
+    spread: list[int] = field(default_factory=list)  # items each rank computed in `spread` calls
 
     @property
     def active(self) -> bool:
@@ -71,7 +76,8 @@ class World:
 
     def record(self) -> dict[str, Any]:
         """For the audit record: world size, backend, and each rank's share of the forward pass."""
-        return {"world_size": self.size, "backend": self.backend or "none", "shards": list(self.shards) or None}
+        return {"world_size": self.size, "backend": self.backend or "none", "shards": list(self.shards) or None,
+                "spread": list(self.spread) or None}
 
 
 SINGLE = World()
@@ -206,6 +212,28 @@ def gather_rows(world: World, part: torch.Tensor | None) -> torch.Tensor:
     if not found:
         raise AuditorError("the forward pass gave no logits on any rank")
     return torch.cat(found)
+
+
+def spread(world: World, count: int, compute: Callable[[int], Any]) -> list[Any]:
+    """[compute(0), ..., compute(count - 1)] on every rank, each rank computing its block of the items.
+
+    An item (one image) is the unit of work in one process too, so that its numbers never depend on
+    which other items share its batch, nor on the number of ranks. A failure on any rank raises
+    RankFailed on every rank (`guard`); the section it happened in then carries that error."""
+    if not world.open:
+        return [compute(i) for i in range(count)]
+    with guard(world):
+        mine = [compute(i) for i in block(count, world)]
+    parts = exchange(world, mine)
+    world.spread = [done + len(part) for done, part in zip(world.spread or [0] * world.size, parts)]
+    return [result for part in parts for result in part]
+
+
+def broadcast(world: World, value: Any) -> Any:
+    """Rank 0's `value` on every rank (the other ranks' own values are dropped)."""
+    if not world.open:
+        return value
+    return exchange(world, value if world.main else None)[0]
 
 
 def sharded_check(world: World, check: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], list[Any]]:

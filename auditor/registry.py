@@ -58,6 +58,9 @@ class Technique(Protocol):
     - `after` (optional): names of techniques whose shared results this one reuses. It then runs after
       them when they run at all (report order stays registry order), and reads what they published on
       `ctx.shared`; it must still work, computing for itself, when they do not run.
+    - `spreads` (optional, False): under torchrun, every rank runs it, not rank 0 alone; it splits its
+      per-image work with `ctx.spread` (after `ctx.share_from_main()` when it reuses `ctx.shared`), and
+      only rank 0's Section is kept.
     - `run(ctx, options)`: returns a Section of plain data (auditor.document) and leaves the model as it
       was; hooks go through auditor.nn.hooks. A technique that does not apply returns a Section saying
       why; one that raises gets its error shown in its own section while the rest of the report is kept.

@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--trust-images", type=int, default=3)
     parser.add_argument("--cam-methods", default="cam,grad-cam,grad-cam++")
     args = parser.parse_args()
-    settings = {"trust_steps": args.trust_steps, "trust_images": args.trust_images,
-                "cam_methods": tuple(args.cam_methods.split(","))}
+    methods = tuple(args.cam_methods.split(","))  # drawn on every image, and nothing more on the first
+    settings = {"trust_steps": args.trust_steps, "trust_images": args.trust_images, "cam_methods": methods,
+                "cam_showcase": methods}
     together = section_seconds(("cam", "trust"), settings, args.repeat)
     alone = section_seconds(("trust",), settings, args.repeat)
     print(f"EfficientNet-Lite0, 5 bundled photos, CPU, median of {args.repeat}; trust on {args.trust_images} images, "

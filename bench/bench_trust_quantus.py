@@ -85,7 +85,8 @@ def main() -> None:
 
     # ours: the trust section's cascade and deletion_insertion
     ctx = types.SimpleNamespace(module=model, options=types.SimpleNamespace(seed=0), head=loaded_head(loaded),
-                                progress=types.SimpleNamespace(each=lambda items, *a, **k: items))
+                                progress=types.SimpleNamespace(each=lambda items, *a, **k: items),
+                                spread=lambda count, compute: [compute(i) for i in range(count)])
     started = time.perf_counter()
     _, scores, _, _ = cascade(ctx, x, top, layer, "logit", trained, args.steps, {})
     ours_cascade = time.perf_counter() - started

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["ant", "bee", "cat", "dog", "eel"][:TINY_CLASSES]
 TECHNIQUES = "predictions,performance,cam,trust"
 CHEAP_FLAGS = ["--input-size", "32", "--device", "cpu", "--no-pdf", "--batch-size", "3", "--gallery-images", "2",
-               "--trust-images", "1", "--trust-steps", "2", "--cam-methods", "grad-cam",
+               "--trust-images", "2", "--trust-steps", "2", "--cam-methods", "grad-cam",
                "--attribution-methods", "occlusion", "--quiet"]
 
 
@@ -218,7 +218,9 @@ def test_torchrun_two_ranks_give_one_report_with_the_numbers_of_one_process(fold
     from auditor.report.schema import schema_text
 
     jsonschema.Draft202012Validator(json.loads(schema_text("report"))).validate(report)
-    assert record["environment"]["distributed"] == {"world_size": 2, "backend": "gloo", "shards": [6, 5]}
+    # the trust section's 2 images, one a rank, in its 5 spread calls (trained maps, 2 steps, other class, deletion)
+    assert record["environment"]["distributed"] == {"world_size": 2, "backend": "gloo", "shards": [6, 5],
+                                                    "spread": [5, 5]}
     assert alone["record"]["environment"]["distributed"]["world_size"] == 1
     assert numbers(tmp_path / "two") == numbers(tmp_path / "one")
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

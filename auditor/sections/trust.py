@@ -41,6 +41,8 @@ from auditor.techniques.reconstructions import gradient_saliency
 from auditor.techniques.saliency import Saliency, folded_but_layer, products, saliency
 from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
 from auditor.techniques.trust.perturbation import (
+    ConfidenceChange,
+    PerturbationCurves,
     confidence_change,
     deletion_insertion,
     random_maps,
@@ -109,8 +111,9 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
         found: dict[str, torch.Tensor] = {}
         if chosen:
             with folded_but_layer(randomised, layer, x[:1]):
-                found = saliency(randomised, x, top, layer, target, ctx.head, methods=chosen,
-                                 settings=settings).maps
+                found = Saliency.joined(ctx.spread(len(x), lambda i: saliency(
+                    randomised, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, methods=chosen,
+                    settings=settings))).maps
         step_maps.append(found)
         seconds.append(time.perf_counter() - started)
         pairs += [(methods.index(m), step, found.get(m, torch.zeros_like(original.maps[m]))) for m in chosen]
@@ -286,8 +289,16 @@ def _finite(values: torch.Tensor) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in values.tolist()]
 
 
+def _row(maps: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Image i's maps (one row) of maps computed for several images."""
+    return {key: value[i:i + 1] for key, value in maps.items()}
+
+
 def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
+    """Under torchrun every rank runs this (the Trust technique spreads): each scores its share of the
+    images, one image at a time, as one process does; rank 0 alone draws and writes the section."""
     started = time.perf_counter()
+    ctx.share_from_main()
     rows = ctx.gallery_indices()[:settings["trust_images"]]
     x = ctx.inputs(rows)
     top = ctx.forward.top_indices[rows, 0].clone().to(ctx.device)
@@ -300,8 +311,10 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
                    **(shared_attribution.unavailable if shared_attribution is not None else {})}
     wanted = trust_methods(ctx)
     used = trusted_settings(ctx, (x.shape[-2], x.shape[-1]))
-    original = saliency(ctx.module, x, top, layer, target, ctx.head, known_maps(ctx, rows),
-                        {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)
+    known = known_maps(ctx, rows)
+    original = Saliency.joined(ctx.spread(len(rows), lambda i: saliency(
+        ctx.module, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, _row(known, i),
+        {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
     steps = settings["trust_steps"]
     randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
     sparse = costly_steps(randomised, settings["trust_costly_steps"])
@@ -312,19 +325,29 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
     known_other = shared_attribution.other_rows(rows, other) if shared_attribution is not None else {}
     with folded_but_layer(ctx.module, layer, x[:1]):
-        other_maps = saliency(ctx.module, x, other, layer, target, ctx.head, known_other,
-                              methods=list(original.maps), settings=used).maps
+        other_maps = Saliency.joined(ctx.spread(len(rows), lambda i: saliency(
+            ctx.module, x[i:i + 1], other[i:i + 1], layer, target, ctx.head, _row(known_other, i),
+            methods=list(original.maps), settings=used))).maps
     methods = list(original.maps)
     stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
                                                                              ctx.options.seed)], dim=1)
     targets = top[:, None].expand(-1, stacked.shape[1]).to(x.device)
+    stacked = stacked.to(x.device)
+    batch = max(16, ctx.options.batch_size)
+
+    def faithfulness(i: int) -> tuple[PerturbationCurves, ConfidenceChange]:
+        one = slice(i, i + 1)
+        found = deletion_insertion(ctx.module, x[one], stacked[one], targets[one], steps=steps + 1,
+                                   baseline=settings["trust_baseline"], batch_size=batch, head=ctx.head)
+        return found, confidence_change(ctx.module, x[one], stacked[one], targets[one], batch_size=batch,
+                                        head=ctx.head, scores=found.deletion[..., 0])  # clean images: not rerun
+
     with folded_batch_norms(ctx.module, ctx.module, x[:1]):  # hundreds of perturbed images through one model
-        curves = deletion_insertion(ctx.module, x, stacked.to(x.device), targets, steps=steps + 1,
-                                    baseline=settings["trust_baseline"], batch_size=max(16, ctx.options.batch_size),
-                                    head=ctx.head)
-        confidence = confidence_change(ctx.module, x, stacked.to(x.device), targets,
-                                       batch_size=max(16, ctx.options.batch_size), head=ctx.head,
-                                       scores=curves.deletion[..., 0])  # the clean images: not run again
+        parts = ctx.spread(len(rows), faithfulness)
+    curves = PerturbationCurves.joined([found for found, _ in parts])
+    confidence = ConfidenceChange.joined([change for _, change in parts])
+    if not ctx.is_main:  # a torchrun rank's share is in; rank 0 writes the section
+        return Section(heading.name, heading.title)
     boxes = localisation(ctx, settings["boxes"], layer, target, wanted, used) if settings["boxes"] else {}
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):

@@ -46,6 +46,16 @@ class Saliency:
     maps: dict[str, torch.Tensor]
     missing: dict[str, str]
 
+    @classmethod
+    def joined(cls, parts: Sequence[Saliency]) -> Saliency:
+        """Consecutive calls on different images as one call's: each method's maps in image order (the
+        methods every part has), every part's reasons for a missing method."""
+        keys = [key for key in parts[0].maps if all(key in part.maps for part in parts)]
+        missing = {key: why for part in parts for key, why in part.missing.items()}
+        missing.update({key: "computed on some images only" for part in parts for key in part.maps
+                        if key not in keys and key not in missing})
+        return cls({key: torch.cat([part.maps[key] for part in parts]) for key in keys}, missing)
+
 
 def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
              head: Head = SOFTMAX, known: dict[str, torch.Tensor] | None = None,

@@ -7,7 +7,7 @@ the model together, `batch_size` at a time; nothing here needs gradients.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +45,14 @@ class PerturbationCurves:
     baseline: str  # the baseline, in words, for the report
     images_evaluated: int  # images run through the model: the cost
 
+    @classmethod
+    def joined(cls, parts: Sequence[PerturbationCurves]) -> PerturbationCurves:
+        """The curves of consecutive runs over different images as one run's (images in order)."""
+        first = parts[0]
+        return cls(first.fractions, *(torch.cat([getattr(p, name) for p in parts])
+                                      for name in ("deletion", "insertion", "deletion_auc", "insertion_auc")),
+                   first.baseline, sum(p.images_evaluated for p in parts))
+
 
 @dataclass(frozen=True)
 class ConfidenceChange:
@@ -58,6 +66,18 @@ class ConfidenceChange:
     drop: torch.Tensor  # max(0, y - o) / y * 100 per image
     average_drop: torch.Tensor  # mean of drop over images, percent: lower is better
     increase_in_confidence: torch.Tensor  # percent of images with o > y: higher is better
+
+    @classmethod
+    def of(cls, score: torch.Tensor, masked_score: torch.Tensor) -> ConfidenceChange:
+        """From y and o per image ([N] or [N, M]): the drops and the averages over the images."""
+        drop = (score - masked_score).clamp_min(0) / score * 100
+        return cls(score=score, masked_score=masked_score, drop=drop, average_drop=drop.mean(dim=0),
+                   increase_in_confidence=(masked_score > score).float().mean(dim=0) * 100)
+
+    @classmethod
+    def joined(cls, parts: Sequence[ConfidenceChange]) -> ConfidenceChange:
+        """Consecutive runs over different images as one run's: the averages over all their images."""
+        return cls.of(torch.cat([p.score for p in parts]), torch.cat([p.masked_score for p in parts]))
 
 
 def random_maps(shape: tuple[int, ...] | torch.Size, seed: int = 0,
@@ -167,12 +187,7 @@ def confidence_change(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, tar
     y = (plain.gather(1, targets2) if plain is not None
          else scores.to(device=x.device, dtype=torch.float32).reshape(count, per_image))
     o = masked.view(count, per_image, -1).gather(2, targets2.unsqueeze(-1)).squeeze(-1)
-    drop = (y - o).clamp_min(0) / y * 100
-    shape = maps.shape[:-2]
-    return ConfidenceChange(
-        score=y.reshape(shape), masked_score=o.reshape(shape), drop=drop.reshape(shape),
-        average_drop=drop.mean(dim=0).reshape(shape[1:]),
-        increase_in_confidence=((o > y).float().mean(dim=0) * 100).reshape(shape[1:]))
+    return ConfidenceChange.of(y.reshape(maps.shape[:-2]), o.reshape(maps.shape[:-2]))
 
 
 def _as_batch(x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
