@@ -148,6 +148,18 @@ class AuditContext:
         to every rank (auditor.distributed.spread); in one process, the same calls in turn."""
         return distributed.spread(distributed.current(), count, compute)
 
+    def image_rows(self, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """torch.cat of compute(batch) over every --batch-size batch of all the images, on the CPU. Under
+        torchrun each rank computes its shard of whole batches, as in the forward pass, and the rows are
+        gathered in image order to every rank: the same numbers as one process."""
+        world = distributed.current()
+        mine = distributed.shard(len(self.images), self.options.batch_size, world) if world.open \
+            else range(len(self.images))
+        with distributed.guard(world):
+            parts = [compute(batch).cpu() for _, batch in self.batches(mine)] if len(mine) else []
+        part = torch.cat(parts) if parts else None
+        return distributed.gather_rows(world, part) if world.open else part
+
     def share_from_main(self) -> None:
         """Rank 0's `shared` results on every rank, before a spread technique reuses them (the sections
         that published them ran on rank 0 only)."""

@@ -165,6 +165,7 @@ class ClassActivationMaps:
     summary: ClassVar[str] = ("Where the model looks for each class: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM, "
                               "XGrad-CAM, HiResCAM, Eigen-CAM and Guided Grad-CAM galleries per image, per class and "
                               "for mistakes.")
+    spreads: ClassVar[bool] = True  # under torchrun each rank maps its share of the shown images
     options: ClassVar[tuple[Option, ...]] = (
         Option("cam-layer", "Layer whose activations and gradients form the maps. Default: the last spatial layer "
                             "before pooling that the class score depends on.", kind="layer", metavar="NAME"),
@@ -196,6 +197,7 @@ class Attribution:
                               "Integrated Gradients, SmoothGrad (and SmoothGrad²), occlusion and RISE; the last two "
                               "need only forward passes, so they also explain models without usable gradients.")
     after: ClassVar[tuple[str, ...]] = ("cam",)  # shown after the CAM maps it complements
+    spreads: ClassVar[bool] = True  # under torchrun each rank explains its share of the images
     options: ClassVar[tuple[Option, ...]] = (
         Option("attribution-methods", f"Attribution methods drawn and scored by the trust section (or all: "
                                       f"{', '.join(ATTRIBUTION_METHODS)}).", default=DEFAULT_ATTRIBUTION_METHODS,
@@ -230,6 +232,7 @@ class MaximizingInputs:
     title: ClassVar[str] = "Maximizing inputs"
     summary: ClassVar[str] = ("Activation maximization for chosen channels, pixel and Fourier methods side by side, "
                               "with the real images that excite each channel most.")
+    spreads: ClassVar[bool] = True  # under torchrun the images' pass is sharded, the channels spread
     options: ClassVar[tuple[Option, ...]] = (
         Option("max-layer", "Layer whose channels to maximize. Default: the middle stage.", kind="layer",
                metavar="NAME"),

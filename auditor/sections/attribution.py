@@ -6,7 +6,8 @@ or masks. Occlusion and RISE need only forward passes, so they explain a model w
 be used (a TorchScript model, one that detaches its input): the section says so rather than failing.
 The maps are published (ctx.shared.attribution) for the trust section, with the settings used, and so
 are those of the trust section's random other class, computed in the same passes (occlusion and RISE read
-every class from one forward pass).
+every class from one forward pass). Each image is one call, spread over torchrun's ranks (the technique
+spreads), so the numbers are the same with any number of ranks.
 """
 
 from __future__ import annotations
@@ -52,15 +53,28 @@ def attribution_section(heading: Heading, ctx: AuditContext, settings: dict[str,
     other_maps: dict[str, torch.Tensor] = {}
     missing: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    classes = torch.stack([top, other], dim=1)
+
+    def explain(key: str, i: int) -> torch.Tensor | GradientsUnavailable:
+        """Image i's maps of its two classes; the reason, as a value, when the method's gradients cannot be
+        used (the same on every image and rank, so a torchrun rank does not fail the others)."""
+        try:
+            return METHODS[key].compute(ctx.module, x[i:i + 1], classes[i:i + 1], ctx.head, used).float().cpu()
+        except GradientsUnavailable as error:
+            return error
+
     for key in ctx.progress.each(settings["attribution_methods"], "methods"):
         started = time.perf_counter()
-        try:
-            both = METHODS[key].compute(ctx.module, x, torch.stack([top, other], dim=1), ctx.head, used)
-        except GradientsUnavailable as error:
-            missing[key] = str(error)
+        parts = ctx.spread(len(rows), lambda i, key=key: explain(key, i))  # an image a call, as on torchrun
+        unavailable = next((part for part in parts if isinstance(part, GradientsUnavailable)), None)
+        if unavailable is not None:
+            missing[key] = str(unavailable)
         else:
-            maps[key], other_maps[key] = both[:, 0].float().cpu(), both[:, 1].float().cpu()
+            both = torch.cat(parts)
+            maps[key], other_maps[key] = both[:, 0], both[:, 1]
         seconds[key] = round(time.perf_counter() - started, 3)
+    if not ctx.is_main:  # a torchrun rank's share is in; rank 0 publishes and writes the section
+        return Section(heading.name, heading.title)
     ctx.shared.attribution = AttributionShared(rows, maps, used, missing, other.cpu(), other_maps)
     notes = [f"{METHODS[key].name} does not apply: {why}" for key, why in missing.items()]
     if is_torchscript(ctx.module):

@@ -1,9 +1,9 @@
 """CAM section: the CAM family's galleries per image, per class and for mistakes, and Guided Grad-CAM.
 
 The methods of --cam-methods (and Grad-CAM, which the per-class, mistakes and Guided Grad-CAM figures
-draw) come from one `cam_maps` call: one forward pass over the shown images and one batched backward for
-all their classes (top-k, true, chosen and the per-class gallery's), so nothing is computed twice across
-the methods and the galleries. The first image is also explained by every other one-pass method of the
+draw) come from one `cam_maps` call per shown image (`gallery_maps`: an image is the unit of work spread
+over torchrun's ranks): one forward pass and one batched backward for all its classes (top-k, true, chosen
+and the per-class gallery's), so nothing is computed twice across the methods and the galleries. The first image is also explained by every other one-pass method of the
 family, in a second call on that image alone; Score-CAM (a forward pass per channel) only when chosen. The methods and their names are the CAM family
 of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
 (ctx.shared.gradients) when it ran first; the section publishes its top-class maps (ctx.shared.cam) and
@@ -33,6 +33,7 @@ from auditor.techniques.cam import (
     cam_maps,
     guided_grad_cam_product,
 )
+from auditor.techniques.cam_layers import automatic_layer, resolve_layer
 from auditor.techniques.reconstructions import guided_backprop, rectifier_warnings
 
 TILE_PX = 160
@@ -129,6 +130,32 @@ def image_figure(ctx: AuditContext, maps: dict[str, torch.Tensor], p: Plan, row:
                f"layer {layer}, {target_text}. Over the image as the model saw it, "
                f"{colour_words(ctx.options.colormap)}; each map is scaled to its own maximum.")
     return Figure(f"cam-{name}", caption, to_jpeg(picture), "image/jpeg", alt=f"Class activation maps for {name}.")
+
+
+def gallery_maps(ctx: AuditContext, batch: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
+                 methods: list[str]) -> CamResult:
+    """cam_maps of every shown image, each image alone (its K classes in one backward pass), spread over
+    torchrun's ranks; the layer is chosen once, on all the images. The results are on the CPU."""
+    chosen = automatic_layer(ctx.module, batch) if layer is None else resolve_layer(ctx.module, layer)
+
+    def one(i: int) -> tuple[Any, ...] | CamNotApplicable:
+        try:
+            found = cam_maps(ctx.module, batch[i:i + 1], targets[i:i + 1], chosen.name, target=target,
+                             methods=methods, head=ctx.head, batch_size=ctx.options.batch_size)
+        except CamNotApplicable as error:  # the same on every image and rank: a value, not a rank's failure
+            return error
+        return (found.formed, found.target, found.logits.cpu(), {k: v.cpu() for k, v in found.raw.items()},
+                {k: v.cpu() for k, v in found.maps.items()}, found.unavailable)
+
+    parts = ctx.spread(len(batch), one)
+    failed = next((part for part in parts if isinstance(part, CamNotApplicable)), None)
+    if failed is not None:
+        raise failed
+    formed, used, _, raw, maps, _ = parts[0]
+    return CamResult(chosen, formed, used, targets.cpu(), torch.cat([part[2] for part in parts]),
+                     {key: torch.cat([part[3][key] for part in parts]) for key in raw},
+                     {key: torch.cat([part[4][key] for part in parts]) for key in maps},
+                     {key: why for part in parts for key, why in part[5].items()})
 
 
 def first_image_maps(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor, target: str,
@@ -228,13 +255,14 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     layer = settings["cam_layer"] or None
     chosen_methods = list(settings["cam_methods"])
     try:  # Grad-CAM too: the per-class, mistakes and Guided Grad-CAM figures draw it
-        result = cam_maps(ctx.module, batch, p.targets.to(ctx.device), layer, target=settings["cam_target"],
-                          methods=list(dict.fromkeys([*chosen_methods, "grad-cam"])), head=ctx.head,
-                          batch_size=ctx.options.batch_size)
+        result = gallery_maps(ctx, batch, p.targets.to(ctx.device), layer, settings["cam_target"],
+                              list(dict.fromkeys([*chosen_methods, "grad-cam"])))
     except CamNotApplicable as error:  # no spatial layer the scores depend on: say why instead of failing
         return Section(heading.name, heading.title, text=INTRODUCTION,
                        notes=[f"The CAM family does not apply to {ctx.model.name}: {error}."],
                        metrics={"not_applicable": str(error)})
+    if not ctx.is_main:  # a torchrun rank's share of the gallery is in; rank 0 draws and writes the section
+        return Section(heading.name, heading.title)
     first = first_image_maps(ctx, result, p, batch, settings["cam_target"], settings["cam_showcase"])
     unavailable = {**result.unavailable, **first.unavailable}
     shown = [m for m in chosen_methods if m in result.maps]

@@ -1,4 +1,9 @@
-"""Maximizing inputs section: per channel, the pixel and Fourier syntheses beside the real images that excite it."""
+"""Maximizing inputs section: per channel, the pixel and Fourier syntheses beside the real images that excite it.
+
+Under torchrun (the technique spreads) the pass over the images is sharded like the forward pass, and the
+channels are optimised in blocks of CHANNELS_PER_ITEM spread over the ranks; one process runs the same
+blocks in turn, so the numbers do not depend on the number of ranks.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from auditor.techniques.maximization import (
 )
 
 TILE_PX = 128
+CHANNELS_PER_ITEM = 4  # channels optimised together: the unit of work spread over torchrun's ranks
 
 
 def _tile(image: np.ndarray | Image.Image, title: str) -> Image.Image:
@@ -37,19 +43,15 @@ def _tile(image: np.ndarray | Image.Image, title: str) -> Image.Image:
 def layer_activations(ctx: AuditContext, layer: str, given: list[int]) -> tuple[list[int], torch.Tensor]:
     """The channels (`given`, or spread over the layer) and their maps on every image, [N, C, h, w] on the CPU.
 
-    One pass over the images, batch by batch; the first batch tells the layer's channel count.
+    One pass over the images, batch by batch (under torchrun each rank its shard of the batches); one
+    image first tells the layer's channel count.
     """
-    channels, parts = given, []
-    for _, batch in ctx.batches():
-        maps = capture(ctx.module, [layer], batch, option="--max-layer")[layer]
-        if not parts:
-            count = maps.shape[1]
-            channels = channels or default_channels(count)
-            if max(channels) >= count:
-                raise AuditorError(f"--max-channels: {layer} has {count} channels (0 to {count - 1}), "
-                                   f"not {max(channels)}")
-        parts.append(maps[:, channels])
-    return channels, torch.cat(parts)
+    count = capture(ctx.module, [layer], ctx.inputs([0]), option="--max-layer")[layer].shape[1]
+    channels = given or default_channels(count)
+    if max(channels) >= count:
+        raise AuditorError(f"--max-channels: {layer} has {count} channels (0 to {count - 1}), not {max(channels)}")
+    return channels, ctx.image_rows(lambda batch: capture(ctx.module, [layer], batch, option="--max-layer")[layer]
+                                    [:, channels])
 
 
 def channel_row(ctx: AuditContext, results: dict[str, Maximization], found: Exemplars, row: int) -> Image.Image:
@@ -72,9 +74,12 @@ def maximization_section(heading: Heading, ctx: AuditContext, settings: dict[str
     layer, _ = resolve_layer(ctx.module, layer, "--max-layer", ctx.model.name)
     channels, activations = layer_activations(ctx, layer, list(settings["max_channels"]))
     preprocess = ctx.model.preprocess
-    results = {method: maximize(ctx.module, layer, channels, size=size, steps=steps, method=method,
-                                seed=ctx.options.seed, mean=preprocess.mean, std=preprocess.std)
-               for method in ctx.progress.each(METHODS, "methods")}
+    blocks = [channels[i:i + CHANNELS_PER_ITEM] for i in range(0, len(channels), CHANNELS_PER_ITEM)]
+    results = {method: Maximization.joined(ctx.spread(len(blocks), lambda j, method=method: maximize(
+        ctx.module, layer, blocks[j], size=size, steps=steps, method=method, seed=ctx.options.seed,
+        mean=preprocess.mean, std=preprocess.std))) for method in ctx.progress.each(METHODS, "methods")}
+    if not ctx.is_main:  # a torchrun rank's channels are in; rank 0 draws and writes the section
+        return Section(heading.name, heading.title)
     field = receptive_field(ctx.module, layer, preprocess.crop_size, seed=ctx.options.seed)
     found = exemplars(activations, list(range(len(channels))), field,
                       top=settings["max_exemplars"])

@@ -56,6 +56,14 @@ class Maximization:
     activations: torch.Tensor  # [C] mean of the channel's map on the final image, untransformed ([C, K])
     history: torch.Tensor  # [steps, C] the objective before each update; row 0 is the random start ([steps, C, K])
 
+    @classmethod
+    def joined(cls, parts: Sequence[Maximization]) -> Maximization:
+        """Runs of the same layer and method on consecutive blocks of channels as one run's."""
+        first = parts[0]
+        return cls(first.layer, first.method, tuple(c for part in parts for c in part.channels),
+                   torch.cat([part.images for part in parts]), torch.cat([part.activations for part in parts]),
+                   torch.cat([part.history for part in parts], dim=1))
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
