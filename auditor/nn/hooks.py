@@ -15,6 +15,11 @@ ForwardHook = Callable[[nn.Module, tuple[Any, ...], Any], Any]
 ForwardPreHook = Callable[[nn.Module, tuple[Any, ...]], Any]
 
 
+def has_torchscript(model: nn.Module) -> bool:
+    """Whether any part of `model` is TorchScript, which takes no hooks and whose functional calls no mode sees."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
 @contextmanager
 def _registered(pairs: list[tuple[nn.Module, Callable[..., Any]]], method: str) -> Iterator[None]:
     """Each hook registered with `module.<method>` for a `with` block, removed even if the block raises.

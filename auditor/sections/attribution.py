@@ -23,6 +23,7 @@ from auditor.context import AuditContext
 from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorbar, overlay, stack, titled, to_jpeg
 from auditor.methods import METHODS, attribution_settings, passes
+from auditor.nn.hooks import has_torchscript
 from auditor.sections.cam import class_title, colour_words, peak
 from auditor.shared import AttributionShared
 from auditor.techniques.attribution import GradientsUnavailable
@@ -36,10 +37,6 @@ INTRODUCTION = ("Pixel attributions say which input pixels a class score depends
                 "2014) hides one square at a time and records how far the score falls; RISE (Petsiuk et al., 2018) "
                 "weights random masks by the probability the model gives to each masked image. The last two only "
                 "run the model forward, so they need neither gradients nor hooks.")
-
-
-def is_torchscript(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
 
 
 def attribution_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
@@ -77,7 +74,7 @@ def attribution_section(heading: Heading, ctx: AuditContext, settings: dict[str,
         return Section(heading.name, heading.title)
     ctx.shared.attribution = AttributionShared(rows, maps, used, missing, other.cpu(), other_maps)
     notes = [f"{METHODS[key].name} does not apply: {why}" for key, why in missing.items()]
-    if is_torchscript(ctx.module):
+    if has_torchscript(ctx.module):
         notes.append("The model is TorchScript, which takes no hooks: occlusion and RISE only run it forward, "
                      "so they explain it as they would any model.")
     if missing and {"occlusion", "rise"} & set(maps):

@@ -111,8 +111,8 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
         found: dict[str, torch.Tensor] = {}
         if chosen:
             with folded_but_layer(randomised, layer, x[:1]):
-                found = Saliency.joined(ctx.spread(len(x), lambda i: saliency(
-                    randomised, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, methods=chosen,
+                found = Saliency.joined(ctx.spread(len(x), lambda i, model=randomised, methods=chosen: saliency(
+                    model, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, methods=methods,
                     settings=settings))).maps
         step_maps.append(found)
         seconds.append(time.perf_counter() - started)

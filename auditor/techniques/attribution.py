@@ -34,6 +34,7 @@ from auditor.errors import AuditorError
 from auditor.inputs.models.heads import SOFTMAX, Head
 from auditor.nn.folding import folded_batch_norms
 from auditor.nn.restore import audit_mode
+from auditor.techniques.class_targets import check_class_scores, target_columns
 from auditor.techniques.reconstructions import gradient_saliency
 from auditor.techniques.tensor_ops import minmax
 
@@ -280,12 +281,7 @@ def _targets(targets: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Class indices as a LongTensor [N, K] on x's device (a normal tensor, even from inference mode)."""
     if x.ndim != 4:
         raise AuditorError(f"attribution: give images as [N, C, H, W], not {tuple(x.shape)}")
-    given = torch.as_tensor(targets)
-    if given.dtype not in (torch.int64, torch.int32) or given.ndim not in (1, 2) or len(given) != len(x):
-        raise AuditorError(f"attribution targets: give class indices as a LongTensor [N] or [N, K] for the "
-                           f"{len(x)} images, not {given.dtype} {tuple(given.shape)}")
-    with torch.inference_mode(False):
-        return (given[:, None] if given.ndim == 1 else given).to(x.device, torch.long).clone()
+    return target_columns(targets, len(x), "attribution").to(x.device)
 
 
 def _baseline(baseline: Baseline | None, x: torch.Tensor) -> torch.Tensor:
@@ -302,12 +298,7 @@ def _target_scores(logits: object, columns: torch.Tensor, target: Target, head: 
     """[B, K] scores of the target columns (the logits or `head`'s probabilities), or a clear error."""
     if target not in ("logit", "prob"):
         raise AuditorError(f"attribution target: {target!r} is not a target; use logit or prob")
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise AuditorError("--model: attribution needs a model that returns class scores (batch x classes), "
-                           f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")
-    if columns.numel() and not 0 <= int(columns.min()) <= int(columns.max()) < logits.shape[1]:
-        raise AuditorError(f"attribution targets: class indices must be in 0..{logits.shape[1] - 1}, "
-                           f"got {int(columns.min())}..{int(columns.max())}")
+    check_class_scores(logits, columns, "attribution")
     return (head.probabilities(logits) if target == "prob" else logits).gather(1, columns)
 
 

@@ -43,6 +43,7 @@ from auditor.techniques.cam_layers import (
     detect_layout,
     resolve_layer,
 )
+from auditor.techniques.class_targets import check_class_scores, target_columns
 from auditor.techniques.reconstructions import guided_backprop
 from auditor.techniques.tensor_ops import minmax
 
@@ -265,7 +266,7 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: La
         with torch.enable_grad(), capture_output(chosen.module) as captured, _last_linear_call(model) as linear:
             logits = model(x.detach())
         activation, layout = _checked_activation(chosen, captured.output, size)
-        _check_logits(logits, targets)
+        check_class_scores(logits, targets, "cam")
         targets = targets.to(logits.device)
         # the capture and linear-call hooks are gone now: Score-CAM's masked passes leave `activation` alone
         inputs = CamInputs(chosen.name, activation, layout, logits, targets, target, linear[0] if linear else None,
@@ -370,20 +371,7 @@ def _one_method(model: nn.Module, layer: LayerSpec, x: torch.Tensor, targets: to
 
 def _as_targets(targets: torch.Tensor, count: int) -> torch.Tensor:
     """Class indices as a LongTensor [N, K]."""
-    targets = torch.as_tensor(targets)
-    if targets.dtype not in (torch.int64, torch.int32) or targets.ndim not in (1, 2) or len(targets) != count:
-        raise AuditorError(f"cam targets: give class indices as a LongTensor [N] or [N, K] for the {count} "
-                           f"images, not {targets.dtype} {tuple(targets.shape)}")
-    return (targets[:, None] if targets.ndim == 1 else targets).long()
-
-
-def _check_logits(logits: Any, targets: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise AuditorError("--model: CAM needs a model that returns class scores (batch x classes), "
-                           f"not {type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")
-    if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < logits.shape[1]:
-        raise AuditorError(f"cam targets: class indices must be in 0..{logits.shape[1] - 1}, "
-                           f"got {int(targets.min())}..{int(targets.max())}")
+    return target_columns(targets, count, "cam")
 
 
 def _checked_activation(layer: TargetLayer, output: torch.Tensor | None,

@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from auditor.errors import AuditorError
-from auditor.nn.hooks import truncated_forward
+from auditor.nn.hooks import has_torchscript, truncated_forward
 from auditor.nn.layers import channels_first, resolve_layer
 from auditor.nn.restore import audit_mode
 from auditor.techniques.tensor_ops import minmax
@@ -255,7 +255,7 @@ def _warn_if_blind(model: nn.Module, rule: _Rule, method: str) -> None:
         warnings.warn(f"{method}: no rectifier (nn.ReLU, ReLU6, F.relu, torch.relu) ran in the forward pass, "
                       "e.g. a TorchScript model or one with other activations; the result reduces to the plain "
                       "input gradient", NoRectifierWarning, stacklevel=4)
-    elif any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+    elif has_torchscript(model):
         warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
                       "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)
 
