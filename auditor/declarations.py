@@ -129,6 +129,7 @@ class FeatureMaps:
     name: ClassVar[str] = "feature-maps"
     title: ClassVar[str] = "Feature maps"
     summary: ClassVar[str] = "Activations of chosen layers: each image beside its most active channels."
+    spreads: ClassVar[bool] = True  # under torchrun each rank captures its share of the shown images
     options: ClassVar[tuple[Option, ...]] = (
         Option("feature-layers", "Layers whose activations to draw. Default: three stage outputs (early, "
                                  "middle, late).", default=(), kind="layers", metavar="A,B"),
@@ -146,6 +147,7 @@ class Reconstructions:
     name: ClassVar[str] = "reconstructions"
     title: ClassVar[str] = "Deconvnet and guided backprop"
     summary: ClassVar[str] = "Deconvnet and guided-backprop projections of the top class and of strong channels."
+    spreads: ClassVar[bool] = True  # under torchrun each rank projects its share of the shown images
     options: ClassVar[tuple[Option, ...]] = (
         Option("recon-layer", "Layer whose strongest channels are projected back to pixels. Default: a stage "
                               "two thirds of the way up.", kind="layer", metavar="NAME"),

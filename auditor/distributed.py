@@ -11,8 +11,8 @@ NCCL when the audit runs on CUDA (each rank on cuda:LOCAL_RANK), gloo on the CPU
   contiguous, so that every batch holds the same images as in one process and its logits are
   bit-identical; the logits (float32, on the CPU) are gathered to every rank in image order;
 - rank 0 runs every technique on the gathered forward pass and writes the one report. The other ranks
-  run only the techniques that spread their per-image work (`spreads = True`, today the trust section),
-  in the same order: `spread` gives each rank its block of the images, computed one image at a time
+  run only the techniques that spread their per-image work (`spreads = True`: every gallery, trust and
+  maximization; not architecture and kernels), in the same order: `spread` gives each rank its block of the images, computed one image at a time
   (the unit of work whatever the world size, so the numbers are those of one process), and every rank
   gets every result; `broadcast` gives them rank 0's shared results first. Then they leave the group,
   write nothing, and `run_audit` returns None there.

@@ -29,7 +29,7 @@ from tests.fixtures_models import TINY_CLASSES, TINY_FACTORY_IMPORT_SPEC
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["ant", "bee", "cat", "dog", "eel"][:TINY_CLASSES]
-TECHNIQUES = "predictions,performance,cam,attribution,trust,maximization"
+TECHNIQUES = "predictions,performance,feature-maps,reconstructions,cam,attribution,trust,maximization"
 CHEAP_FLAGS = ["--input-size", "32", "--device", "cpu", "--no-pdf", "--batch-size", "3", "--gallery-images", "2",
                "--trust-images", "2", "--trust-steps", "2", "--cam-methods", "grad-cam",
                "--attribution-methods", "occlusion", "--max-steps", "3", "--max-size", "32", "--quiet"]
@@ -66,8 +66,8 @@ def timeless(value: object) -> object:
 
 
 def numbers(out: Path) -> dict[str, object]:
-    """What must not change with workers or ranks: predictions, accuracy, CAM peaks, attributions, trust scores,
-    maximization."""
+    """What must not change with workers or ranks: predictions, accuracy, every gallery's numbers (feature maps,
+    reconstructions, CAM peaks, attributions), trust scores, maximization."""
     report = json.loads((out / "report.json").read_text())
     sections = {s["technique"]: s for s in report["sections"]}
     assert all(not s.get("error") for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
@@ -78,6 +78,8 @@ def numbers(out: Path) -> dict[str, object]:
             "cam": sections["cam"]["metrics"]["images"],
             "attribution": timeless(sections["attribution"]["metrics"]),
             "maximization": timeless(sections["maximization"]["metrics"]),
+            "feature maps": sections["feature-maps"]["metrics"],
+            "reconstructions": sections["reconstructions"]["metrics"],
             "trust": timeless(sections["trust"]["metrics"]),
             "files": report["record"]["images"]["files"]}
 
@@ -221,10 +223,11 @@ def test_torchrun_two_ranks_give_one_report_with_the_numbers_of_one_process(fold
     from auditor.report.schema import schema_text
 
     jsonschema.Draft202012Validator(json.loads(schema_text("report"))).validate(report)
-    # one item a rank in each of 9 spread calls: 2 images for the CAM gallery, occlusion, and the trust section's
-    # trained maps, 2 steps, other class and deletion; 2 blocks of 4 channels for each maximization method
+    # one item a rank in each of 11 spread calls: 2 images for the feature maps, reconstructions, the CAM
+    # gallery, occlusion, and the trust section's trained maps, 2 steps, other class and deletion; 2 blocks of
+    # 4 channels for each maximization method
     assert record["environment"]["distributed"] == {"world_size": 2, "backend": "gloo", "shards": [6, 5],
-                                                    "spread": [9, 9]}
+                                                    "spread": [11, 11]}
     assert alone["record"]["environment"]["distributed"]["world_size"] == 1
     assert numbers(tmp_path / "two") == numbers(tmp_path / "one")
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -60,14 +60,18 @@ def feature_maps_section(heading: Heading, ctx: AuditContext, settings: dict[str
     shown = ctx.gallery_indices()
     batch = ctx.inputs(shown)
     layers = list(settings["feature_layers"]) or default_feature_layers(ctx, batch[:1])
-    maps = capture(ctx.module, layers, batch)  # one forward pass for every layer
+    # one forward pass for every layer, an image at a time (the unit of work spread over torchrun's ranks)
+    parts = ctx.spread(len(shown), lambda i: {k: v.cpu() for k, v in capture(ctx.module, layers, batch[i:i + 1]).items()})
+    if not ctx.is_main:  # a torchrun rank's share is in; rank 0 writes the section
+        return Section(heading.name, heading.title)
+    maps = {layer: torch.cat([part[layer] for part in parts]) for layer in parts[0]}
     blocks = [layer_figure(layer, maps[layer], ctx, shown, settings["feature_channels"]) for layer in maps]
     metrics = {"layers": {layer: {"shape": list(m.shape[1:]),
                                   "strongest": strongest_channels(m, settings["feature_channels"]).indices.tolist(),
                                   "mean_activation": float(m.float().mean())} for layer, m in maps.items()},
                "images": [ctx.images.names[i] for i in shown]}
-    text = ("What the chosen layers compute on each image: their activations (feature maps), captured in one "
-            "forward pass with a hook on every layer. Early layers respond to edges and colours at full "
+    text = ("What the chosen layers compute on each image: their activations (feature maps), captured with a hook on "
+            "every layer, one forward pass an image. Early layers respond to edges and colours at full "
             "resolution; later ones to parts and textures on a coarser grid. A channel that is bright on the "
             "object and dark elsewhere is one the model uses to find it.")
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics)

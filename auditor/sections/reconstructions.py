@@ -98,9 +98,25 @@ def reconstructions_section(heading: Heading, ctx: AuditContext, settings: dict[
             skipped.append(f"Only the top class is projected: {error}.")
         else:
             layer, _ = resolve_layer(ctx.module, layer, "--recon-layer", ctx.model.name)
-            activation = capture(ctx.module, [layer], batch, option="--recon-layer")[layer]
-            channels = strongest_channels(activation, settings["recon_channels"]).indices
-    results, notes, plain = reconstruct(ctx, batch, classes.to(ctx.device), layer, channels.to(ctx.device))
+    count = settings["recon_channels"] if layer else 0
+
+    def one(i: int) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]], list[str], bool]:
+        """Image i alone (the unit of work spread over torchrun's ranks): its strongest channels, its
+        projections, the warnings raised and whether they are the plain gradient."""
+        image = batch[i:i + 1]
+        strongest = (strongest_channels(capture(ctx.module, [layer], image, option="--recon-layer")[layer],
+                                        count).indices.cpu() if count else channels[i:i + 1])
+        return (strongest, *reconstruct(ctx, image, classes[i:i + 1].to(ctx.device), layer,
+                                        strongest.to(ctx.device)))
+
+    parts = ctx.spread(len(shown), one)
+    if not ctx.is_main:  # a torchrun rank's share is in; rank 0 publishes and writes the section
+        return Section(heading.name, heading.title)
+    channels = torch.cat([part[0] for part in parts])
+    results = {key: [torch.cat([part[1][key][j] for part in parts]) for j in range(len(parts[0][1][key]))]
+               for key in parts[0][1]}
+    notes = list(dict.fromkeys(note for part in parts for note in part[2]))
+    plain = any(part[3] for part in parts)
     if not plain:
         ctx.shared.gradients.update({key: GradientShared(shown, gradients[0]) for key, gradients in results.items()})
     blocks = []
