@@ -29,6 +29,7 @@ forward pass. It is read only here, and only for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -218,22 +219,39 @@ def spread(world: World, count: int, compute: Callable[[int], Any]) -> list[Any]
     """[compute(0), ..., compute(count - 1)] on every rank, each rank computing its block of the items.
 
     An item (one image) is the unit of work in one process too, so that its numbers never depend on
-    which other items share its batch, nor on the number of ranks. A failure on any rank raises
+    which other items share its batch, nor on the number of ranks. Results come back on the CPU (`on_cpu`),
+    whichever GPU computed them. A failure on any rank raises
     RankFailed on every rank (`guard`); the section it happened in then carries that error."""
     if not world.open:
-        return [compute(i) for i in range(count)]
+        return [on_cpu(compute(i)) for i in range(count)]
     with guard(world):
-        mine = [compute(i) for i in block(count, world)]
+        mine = [on_cpu(compute(i)) for i in block(count, world)]
     parts = exchange(world, mine)
     world.spread = [done + len(part) for done, part in zip(world.spread or [0] * world.size, parts)]
     return [result for part in parts for result in part]
+
+
+def on_cpu(value: Any) -> Any:
+    """`value` with every tensor in it (in dicts, lists, tuples and dataclasses) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(on_cpu(item) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: on_cpu(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
 
 
 def broadcast(world: World, value: Any) -> Any:
     """Rank 0's `value` on every rank (the other ranks' own values are dropped)."""
     if not world.open:
         return value
-    return exchange(world, value if world.main else None)[0]
+    return exchange(world, on_cpu(value) if world.main else None)[0]
 
 
 def sharded_check(world: World, check: Callable[[list[Any]], list[Any]]) -> Callable[[list[Any]], list[Any]]:

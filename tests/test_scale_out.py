@@ -262,3 +262,14 @@ def test_the_record_says_which_precision_each_technique_ran_in(folder, tmp_path)
     top = [[[c["probability"] for c in image["top"]] for image in run["sections"][0]["metrics"]["images"]]
            for run in (fp32, bf16)]
     assert np.corrcoef(np.ravel(top[0]), np.ravel(top[1]))[0, 1] > 0.99
+
+
+def test_spread_results_come_back_on_the_cpu_in_order():
+    from auditor.techniques.trust.perturbation import ConfidenceChange
+
+    one = distributed.World()  # one process: the same calls in turn
+    found = distributed.spread(one, 3, lambda i: {"maps": torch.full((1, 2), float(i)), "why": (i, [torch.ones(1)]),
+                                                 "change": ConfidenceChange.of(torch.ones(1), torch.zeros(1))})
+    assert [float(part["maps"][0, 0]) for part in found] == [0.0, 1.0, 2.0]
+    assert all(part["maps"].device.type == "cpu" and part["why"][1][0].device.type == "cpu" for part in found)
+    assert float(found[0]["change"].average_drop) == 100.0
