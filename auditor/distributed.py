@@ -12,10 +12,11 @@ NCCL when the audit runs on CUDA (each rank on cuda:LOCAL_RANK), gloo on the CPU
   bit-identical; the logits (float32, on the CPU) are gathered to every rank in image order;
 - rank 0 runs every technique on the gathered forward pass and writes the one report. The other ranks
   run only the techniques that spread their per-image work (`spreads = True`: every gallery, trust and
-  maximization; not architecture and kernels), in the same order: `spread` gives each rank its block of the images, computed one image at a time
-  (the unit of work whatever the world size, so the numbers are those of one process), and every rank
-  gets every result; `broadcast` gives them rank 0's shared results first. Then they leave the group,
-  write nothing, and `run_audit` returns None there.
+  maximization; not architecture and kernels), in the same order: `spread` gives each rank its block
+  of the images, computed one image at a time (the unit of work whatever the world size, so the numbers
+  are those of one process), every rank gets every result, and an item's exception is raised on every
+  rank; `broadcast` gives them rank 0's shared results first. Then they leave the group, write nothing,
+  and `run_audit` returns None there.
 
 Failure: each exchange is one all_gather_object of (ok, error line, payload). Work whose error the other
 ranks must learn runs under `guard`: an exception there becomes this rank's status at the exchange the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,15 +222,33 @@ def spread(world: World, count: int, compute: Callable[[int], Any]) -> list[Any]
 
     An item (one image) is the unit of work in one process too, so that its numbers never depend on
     which other items share its batch, nor on the number of ranks. Results come back on the CPU (`on_cpu`),
-    whichever GPU computed them. A failure on any rank raises
-    RankFailed on every rank (`guard`); the section it happened in then carries that error."""
+    whichever GPU computed them. An exception raised by an item is raised on every rank, as in one process
+    (the first rank's that raised one), so a caller's `except` (a method that does not apply) and the
+    report's error for a failing technique are the same whatever the number of ranks."""
     if not world.open:
         return [on_cpu(compute(i)) for i in range(count)]
-    with guard(world):
+    mine: list[Any] | None = None
+    raised: BaseException | None = None
+    try:
         mine = [on_cpu(compute(i)) for i in block(count, world)]
-    parts = exchange(world, mine)
-    world.spread = [done + len(part) for done, part in zip(world.spread or [0] * world.size, parts)]
-    return [result for part in parts for result in part]
+    except Exception as error:  # noqa: BLE001 - handed to every rank, raised there
+        raised = _picklable(error)
+    parts = exchange(world, (mine, raised))
+    failed = next((error for _, error in parts if error is not None), None)
+    if failed is not None:
+        raise failed
+    world.spread = [done + len(part) for done, (part, _) in zip(world.spread or [0] * world.size, parts)]
+    return [result for part, _ in parts for result in part]
+
+
+def _picklable(error: Exception) -> Exception:
+    """The exception itself when it can travel to the other ranks (pickled and rebuilt: one whose
+    constructor takes other arguments cannot), else a RuntimeError of its one line."""
+    try:
+        pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes, back at once
+    except Exception:  # noqa: BLE001 - any failure to pickle
+        return RuntimeError(one_line(error))
+    return error
 
 
 def on_cpu(value: Any) -> Any:

@@ -273,3 +273,10 @@ def test_spread_results_come_back_on_the_cpu_in_order():
     assert [float(part["maps"][0, 0]) for part in found] == [0.0, 1.0, 2.0]
     assert all(part["maps"].device.type == "cpu" and part["why"][1][0].device.type == "cpu" for part in found)
     assert float(found[0]["change"].average_drop) == 100.0
+
+
+def test_an_exception_that_cannot_travel_between_ranks_becomes_its_one_line():
+    travels = distributed._picklable(ValueError("no gradient"))
+    assert isinstance(travels, ValueError) and str(travels) == "no gradient"
+    rebuilt = distributed._picklable(distributed.RankFailed(1, "boom"))  # its constructor takes two arguments
+    assert type(rebuilt) is RuntimeError and str(rebuilt) == "rank 1 failed: boom"

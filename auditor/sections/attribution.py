@@ -51,23 +51,14 @@ def attribution_section(heading: Heading, ctx: AuditContext, settings: dict[str,
     missing: dict[str, str] = {}
     seconds: dict[str, float] = {}
     classes = torch.stack([top, other], dim=1)
-
-    def explain(key: str, i: int) -> torch.Tensor | GradientsUnavailable:
-        """Image i's maps of its two classes; the reason, as a value, when the method's gradients cannot be
-        used (the same on every image and rank, so a torchrun rank does not fail the others)."""
-        try:
-            return METHODS[key].compute(ctx.module, x[i:i + 1], classes[i:i + 1], ctx.head, used).float().cpu()
-        except GradientsUnavailable as error:
-            return error
-
     for key in ctx.progress.each(settings["attribution_methods"], "methods"):
         started = time.perf_counter()
-        parts = ctx.spread(len(rows), lambda i, key=key: explain(key, i))  # an image a call, as on torchrun
-        unavailable = next((part for part in parts if isinstance(part, GradientsUnavailable)), None)
-        if unavailable is not None:
-            missing[key] = str(unavailable)
+        try:  # an image a call, as on torchrun's ranks
+            both = torch.cat(ctx.spread(len(rows), lambda i, key=key: METHODS[key].compute(
+                ctx.module, x[i:i + 1], classes[i:i + 1], ctx.head, used).float()))
+        except GradientsUnavailable as error:  # raised on every rank alike
+            missing[key] = str(error)
         else:
-            both = torch.cat(parts)
             maps[key], other_maps[key] = both[:, 0], both[:, 1]
         seconds[key] = round(time.perf_counter() - started, 3)
     if not ctx.is_main:  # a torchrun rank's share is in; rank 0 publishes and writes the section

@@ -3,9 +3,9 @@
 The methods of --cam-methods (and Grad-CAM, which the per-class, mistakes and Guided Grad-CAM figures
 draw) come from one `cam_maps` call per shown image (`gallery_maps`: an image is the unit of work spread
 over torchrun's ranks): one forward pass and one batched backward for all its classes (top-k, true, chosen
-and the per-class gallery's), so nothing is computed twice across the methods and the galleries. The first image is also explained by every other one-pass method of the
-family, in a second call on that image alone; Score-CAM (a forward pass per channel) only when chosen. The methods and their names are the CAM family
-of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
+and the per-class gallery's), so nothing is computed twice across the methods and the galleries. The first
+image's call also computes the other methods of --cam-showcase (by default all, Score-CAM's forward pass
+per channel included). The methods and their names are the CAM family of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
 (ctx.shared.gradients) when it ran first; the section publishes its top-class maps (ctx.shared.cam) and
 the guided backprop it computed itself, for the trust section.
 """
@@ -13,7 +13,7 @@ the guided backprop it computed itself, for the trust section.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -133,40 +133,31 @@ def image_figure(ctx: AuditContext, maps: dict[str, torch.Tensor], p: Plan, row:
 
 
 def gallery_maps(ctx: AuditContext, batch: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
-                 methods: list[str]) -> CamResult:
+                 methods: list[str], showcase: Sequence[str]) -> tuple[CamResult, dict[str, torch.Tensor]]:
     """cam_maps of every shown image, each image alone (its K classes in one backward pass), spread over
-    torchrun's ranks; the layer is chosen once, on all the images. The results are on the CPU."""
+    torchrun's ranks; the layer is chosen once, on all the images. The first image's call also computes the
+    methods of `showcase` that `methods` lacks (Score-CAM: one pass of masked inputs serves every class):
+    their maps [K, H, W] come back beside the CamResult of `methods`. Everything is on the CPU."""
     chosen = automatic_layer(ctx.module, batch) if layer is None else resolve_layer(ctx.module, layer)
+    extra = [m for m in METHODS if m in showcase and m not in methods]
 
-    def one(i: int) -> tuple[Any, ...] | CamNotApplicable:
-        try:
-            found = cam_maps(ctx.module, batch[i:i + 1], targets[i:i + 1], chosen.name, target=target,
-                             methods=methods, head=ctx.head, batch_size=ctx.options.batch_size)
-        except CamNotApplicable as error:  # the same on every image and rank: a value, not a rank's failure
-            return error
-        return (found.formed, found.target, found.logits.cpu(), {k: v.cpu() for k, v in found.raw.items()},
-                {k: v.cpu() for k, v in found.maps.items()}, found.unavailable)
+    def one(i: int) -> dict[str, Any]:
+        found = cam_maps(ctx.module, batch[i:i + 1], targets[i:i + 1], chosen.name, target=target,
+                         methods=methods + extra if i == 0 else methods, head=ctx.head,
+                         batch_size=ctx.options.batch_size)
+        # all but the TargetLayer, whose module stays out of the exchange between ranks
+        return {"formed": found.formed, "target": found.target, "logits": found.logits, "raw": found.raw,
+                "maps": found.maps, "unavailable": found.unavailable}
 
-    parts = ctx.spread(len(batch), one)
-    failed = next((part for part in parts if isinstance(part, CamNotApplicable)), None)
-    if failed is not None:
-        raise failed
-    formed, used, _, raw, maps, _ = parts[0]
-    return CamResult(chosen, formed, used, targets.cpu(), torch.cat([part[2] for part in parts]),
-                     {key: torch.cat([part[3][key] for part in parts]) for key in raw},
-                     {key: torch.cat([part[4][key] for part in parts]) for key in maps},
-                     {key: why for part in parts for key, why in part[5].items()})
-
-
-def first_image_maps(ctx: AuditContext, result: CamResult, p: Plan, batch: torch.Tensor, target: str,
-                     showcase: Sequence[str]) -> CamResult:
-    """The CAM-family methods of --cam-showcase that --cam-methods left out, on the first shown image and its
-    classes only (Score-CAM: one pass of masked inputs serves every class)."""
-    rest = [m for m in METHODS if m in showcase and m not in result.maps and m not in result.unavailable]
-    if not rest:
-        return replace(result, raw={}, maps={}, unavailable={})
-    return cam_maps(ctx.module, batch[:1], p.targets[:1].to(ctx.device), result.layer.name, target=target,
-                    methods=rest, head=ctx.head, batch_size=ctx.options.batch_size)
+    parts = ctx.spread(len(batch), one)  # CamNotApplicable, raised on every rank, is the caller's to say
+    first = parts[0]
+    common = [key for key in first["maps"] if key not in extra]
+    result = CamResult(chosen, first["formed"], first["target"], targets.cpu(),
+                       torch.cat([part["logits"] for part in parts]),
+                       {key: torch.cat([part["raw"][key] for part in parts]) for key in common},
+                       {key: torch.cat([part["maps"][key] for part in parts]) for key in common},
+                       {key: why for part in parts for key, why in part["unavailable"].items()})
+    return result, {key: first["maps"][key][0] for key in extra if key in first["maps"]}
 
 
 def class_figure(ctx: AuditContext, result: CamResult, p: Plan) -> Figure:
@@ -255,21 +246,20 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     layer = settings["cam_layer"] or None
     chosen_methods = list(settings["cam_methods"])
     try:  # Grad-CAM too: the per-class, mistakes and Guided Grad-CAM figures draw it
-        result = gallery_maps(ctx, batch, p.targets.to(ctx.device), layer, settings["cam_target"],
-                              list(dict.fromkeys([*chosen_methods, "grad-cam"])))
+        result, showcase = gallery_maps(ctx, batch, p.targets.to(ctx.device), layer, settings["cam_target"],
+                                        list(dict.fromkeys([*chosen_methods, "grad-cam"])), settings["cam_showcase"])
     except CamNotApplicable as error:  # no spatial layer the scores depend on: say why instead of failing
         return Section(heading.name, heading.title, text=INTRODUCTION,
                        notes=[f"The CAM family does not apply to {ctx.model.name}: {error}."],
                        metrics={"not_applicable": str(error)})
     if not ctx.is_main:  # a torchrun rank's share of the gallery is in; rank 0 draws and writes the section
         return Section(heading.name, heading.title)
-    first = first_image_maps(ctx, result, p, batch, settings["cam_target"], settings["cam_showcase"])
-    unavailable = {**result.unavailable, **first.unavailable}
+    unavailable = result.unavailable
     shown = [m for m in chosen_methods if m in result.maps]
     target_text = ("differentiating the class logit" if result.target == "logit"
                    else f"differentiating the {'sigmoid' if ctx.head.independent else 'softmax'} probability")
-    every = {m: first.maps[m][0] if m in first.maps else result.maps[m][0]
-             for m in METHODS if m in first.maps or m in result.maps}
+    every = {m: showcase[m] if m in showcase else result.maps[m][0] for m in METHODS
+             if m in showcase or m in result.maps}
     blocks: list[Any] = [image_figure(ctx, every if row == 0 else {m: result.maps[m][row] for m in shown}, p, row,
                                       result.layer.name, target_text)
                          for row in ctx.progress.each(range(len(p.shown)), "images")]
@@ -305,7 +295,7 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     notes = [f"{METHODS[m].name} does not apply: {why}." for m, why in unavailable.items()]
     notes += [f"{METHODS[m].name} is drawn on the first image only: it runs a forward pass per channel of "
               f"{result.layer.name} for each image; --cam-methods {m} draws it on every image."
-              for m in first.maps if METHODS[m].many_passes]
+              for m in showcase if METHODS[m].many_passes]
     notes += [guided_note] if guided_note else []
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
                "target": result.target, "methods": shown, "first_image_methods": list(every),
