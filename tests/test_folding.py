@@ -1,6 +1,6 @@
-"""BatchNorm folding: the folded network computes what the model computes, without a BatchNorm call,
-and the model is exactly as before afterwards (the same tensor objects, no attribute left on a module);
-pairs that cannot be folded are left alone."""
+"""BatchNorm and zero-padding folding: the folded network computes what the model computes, without a
+BatchNorm (or padding) call, and the model is exactly as before afterwards (the same tensor objects, no
+attribute left on a module); pairs that cannot be folded are left alone."""
 
 from __future__ import annotations
 
@@ -181,3 +181,79 @@ def test_the_whole_model_as_layer_folds_every_pair_and_a_fold_inside_a_fold_fold
     assert counter.count == 0
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
     assert_unchanged(model, before)
+
+
+class SamePadConv(nn.Conv2d):
+    """EfficientNet-PyTorch's Conv2dStaticSamePadding: a ZeroPad2d child pads the input, then the convolution
+    (padding 0) runs; `after` pads the output instead, which folding must not mistake for the same thing."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel: int, stride: int, pad: tuple[int, ...],
+                 groups: int = 1, after: bool = False) -> None:
+        super().__init__(channels_in, channels_out, kernel, stride, padding=0, groups=groups, bias=False)
+        self.static_padding = nn.ZeroPad2d(pad)
+        self.after = after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.after:
+            return self.static_padding(super().forward(x))
+        return super().forward(self.static_padding(x))
+
+
+def same_padded_net(after: bool = False) -> nn.Module:
+    """TensorFlow "same" padding as EfficientNet pads: stride 2 one more below and right, 5 x 5 depthwise."""
+    torch.manual_seed(0)
+    return randomise_statistics(nn.Sequential(
+        SamePadConv(3, 8, 3, 2, (0, 1, 0, 1)), nn.BatchNorm2d(8), nn.ReLU6(),
+        SamePadConv(8, 8, 5, 1, (2, 2, 2, 2), groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        SamePadConv(8, 8, 5, 2, (1, 2, 1, 2), groups=8, after=after), nn.Identity() if after else nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))).double()
+
+
+class PadCalls(TorchFunctionMode):
+    """Counts F.pad calls, whichever module makes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.nn.functional.pad
+        return func(*args, **(kwargs or {}))
+
+
+def test_zero_paddings_fold_into_their_convolutions_even_and_uneven():
+    """Each padding becomes the convolution's own (uneven sides: the larger, and a kernel grown by zeros on
+    the side padded less): the same output with no padding call, and the model exactly as before after."""
+    model = same_padded_net()
+    x = torch.randn(2, 3, 17, 17, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = layer_output(model, model, x)
+    before = snapshot(model)
+    with audit_mode(model):
+        from auditor.nn.folding import foldable
+
+        folds = foldable(model, model, x[:1])
+        assert len(folds.norms) == 3
+        assert [pad for _, pad in folds.pads] == [model[0].static_padding, model[3].static_padding,
+                                                  model[6].static_padding]
+        with folded_batch_norms(model, model, x[:1]) as count, PadCalls() as pads:
+            output = layer_output(model, model, x)
+            assert model[0].padding == (1, 1) and model[0].weight.shape[-2:] == (4, 4)  # a zero row above
+            assert torch.equal(model[0].weight[..., 0, :], torch.zeros_like(model[0].weight[..., 0, :]))
+            assert model[3].padding == (2, 2) and model[3].weight.shape[-2:] == (5, 5)  # even: the kernel as it was
+    assert count == 3 and pads.count == 0
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    assert_unchanged(model, before)
+    assert model[0].padding == (0, 0) and "forward" not in model[0].static_padding.__dict__
+
+
+def test_a_padding_the_convolution_does_not_apply_to_its_input_is_not_folded():
+    """Padding the output looks the same from the calls; the output check keeps every padding as it is (the
+    BatchNorms, none after that padding, still fold)."""
+    from auditor.nn.folding import foldable
+
+    model = same_padded_net(after=True)
+    x = torch.randn(1, 3, 17, 17, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with audit_mode(model):
+        folds = foldable(model, model, x)
+    assert len(folds.norms) == 2 and folds.pads == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import auditor.techniques.saliency as saliency_module
@@ -57,18 +58,19 @@ def test_saliency_equals_each_method_on_its_own() -> None:
 
 def test_the_caller_chooses_the_methods(monkeypatch) -> None:
     asked: list[list[str]] = []
+    rules: list[list[str]] = []  # the gradient methods of each forward pass: cam_maps' or input_gradients'
     original = saliency_module.cam_maps
-    monkeypatch.setattr(saliency_module, "cam_maps",
-                        lambda *a, **k: asked.append(list(k["methods"])) or original(*a, **k))
-    rules: list[list[str]] = []  # the gradient methods of each input_gradients call
+    monkeypatch.setattr(saliency_module, "cam_maps", lambda *a, **k: asked.append(list(k["methods"])) or (
+        rules.append(list(k["input_gradients"])) if k["input_gradients"] else None) or original(*a, **k))
     gradients = saliency_module.input_gradients
-    monkeypatch.setattr(saliency_module, "input_gradients",
-                        lambda model, x, targets, methods: rules.append(list(methods)) or gradients(model, x, targets,
-                                                                                                  methods))
+    calls: list[int] = []  # input_gradients calls: only when no CAM method runs
+    monkeypatch.setattr(saliency_module, "input_gradients", lambda model, x, targets, methods: calls.append(1) or
+                        rules.append(list(methods)) or gradients(model, x, targets, methods))
     model = tiny().eval()
     x = torch.randn(2, 3, 32, 32)
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["gradient", "grad-cam"])
     assert list(found.maps) == ["grad-cam", "gradient"] and asked == [["grad-cam"]] and rules == [["gradient"]]
+    assert len(calls) == 0  # the gradient came from the CAM family's forward pass
     # a product brings in its parts, but only what was asked for is returned
     found = saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-grad-cam"])
     assert list(found.maps) == ["guided-grad-cam"] and asked[-1] == ["grad-cam"] and rules[-1] == ["guided-backprop"]
@@ -77,6 +79,7 @@ def test_the_caller_chooses_the_methods(monkeypatch) -> None:
     assert len(asked) == 2 and len(rules) == 2 and torch.equal(found.maps["deconvnet"], torch.zeros(2, 32, 32))
     saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["guided-backprop", "deconvnet", "gradient"])
     assert rules[-1] == ["guided-backprop", "deconvnet", "gradient"] and len(rules) == 3  # one forward pass for all
+    assert len(calls) == 1  # the three rules and no CAM method: input_gradients runs its own pass
     with pytest.raises(ValueError, match="unknown nope"):
         saliency(model, x, torch.tensor([0, 1]), "features.5", "logit", methods=["nope"])
 
@@ -122,3 +125,25 @@ def test_the_fold_keeping_the_cam_layer_changes_no_map() -> None:
             assert_close_to_max(found.maps[key], maps, 1e-4)
     with folded_but_layer(model, None, x[:1]) as folded:
         assert folded == 0
+
+
+@pytest.mark.parametrize("name", ["vgg11", "densenet121"])
+def test_one_forward_pass_serves_the_cam_and_gradient_families_exactly(name: str) -> None:
+    """saliency takes the input gradients from cam_maps' forward pass (cam_maps(input_gradients=...)): the same
+    numbers as the two families' own calls, also where ReLUs follow the CAM layer (VGG's classifier: the CAM
+    family's batched backward runs through the recorded rectifiers) and where an in-place ReLU reads it
+    (DenseNet's relu_ after `features`)."""
+    from auditor.techniques.cam import cam_maps
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([1, 5])
+    rules = ("guided-backprop", "deconvnet", "gradient")
+    shared = cam_maps(model, x, targets[:, None], "features", methods=["grad-cam", "grad-cam++"], input_gradients=rules)
+    alone = cam_maps(model, x, targets[:, None], "features", methods=["grad-cam", "grad-cam++"])
+    for key in ("grad-cam", "grad-cam++"):
+        torch.testing.assert_close(shared.maps[key], alone.maps[key], rtol=0, atol=0)
+    for key, gradients in reconstructions.input_gradients(model, x, targets, rules).items():
+        torch.testing.assert_close(shared.input_gradients[key][:, 0], gradients, rtol=0, atol=0)
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

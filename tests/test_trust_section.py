@@ -50,8 +50,8 @@ def test_trust_runs_after_cam_but_is_shown_first_and_reuses_its_maps(monkeypatch
     assert [s.technique for s in report.sections] == ["trust", "reconstructions", "cam", "attribution"]
     assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
     # trained maps came from the CAM section: only the 2 randomised steps and the other class call cam_maps,
-    # once per image (an image is the unit of work, spread over torchrun's ranks)
-    assert len(calls) == 3 * 2
+    # once per --batch-size block of images (the unit of work spread over torchrun's ranks): both images at once
+    assert len(calls) == 3
     trust = report.sections[0]
     assert set(trust.metrics["methods"]) == METHOD_KEYS
     assert trust.metrics["cost"]["cascade_steps"] == 2 and trust.metrics["images"] == ["astronaut.png", "camera.png"]
@@ -88,7 +88,7 @@ def test_a_model_without_a_cam_head_reuses_the_cam_sections_maps_too(monkeypatch
                                 torch.nn.Linear(4 * 16 * 16, 3)).eval()
     report = audit(model, ("cam", "trust"), trust_steps=2, trust_images=2)
     assert all(s.error is None for s in report.sections), [s.error_detail for s in report.sections]
-    assert len(calls) == 3 * 2  # the 2 randomised steps and the other class, on each of the 2 images
+    assert len(calls) == 3  # the 2 randomised steps and the other class, on the block of both images
     trust = report.sections[0]
     assert "cam" not in trust.metrics["methods"] and any(note.startswith("CAM is not scored") for note in trust.notes)
 
@@ -141,7 +141,7 @@ def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
     original = saliency(model, x, top, "features.5", "logit", methods=keys)
     ctx = SimpleNamespace(module=model, options=SimpleNamespace(seed=0), head=SOFTMAX,
                           progress=SimpleNamespace(each=lambda items, *a, **k: items),
-                          spread=lambda count, compute: [compute(i) for i in range(count)])
+                          spread_batches=lambda count, compute: [compute(slice(0, count))])
     labels, full, _, seconds = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {})
     assert len(seconds) == 3 and all(t > 0 for t in seconds)
     asked: list[list[str]] = []
@@ -149,7 +149,7 @@ def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
     monkeypatch.setattr(trust_module, "saliency", lambda *a, **k: asked.append(list(k["methods"])) or engine(*a, **k))
     again, scores, maps, _ = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {},
                                                   steps_for=lambda m: {0, 2} if m == "gradient" else range(3))
-    assert again == labels and asked == [keys, keys, keys[:2], keys[:2], keys, keys]  # a call per step and image
+    assert again == labels and asked == [keys, keys[:2], keys]  # a call per step, for the block of both images
     assert "gradient" not in maps[1] and "gradient" in maps[2]
     for method in keys:
         for metric in ("spearman", "ssim"):

@@ -34,11 +34,12 @@ from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorize, stack, titled, to_jpeg
 from auditor.errors import AuditorError
 from auditor.methods import METHODS, attribution_settings, passes
-from auditor.nn.folding import folded_batch_norms
+from auditor.nn.folding import Folds, folded, folded_batch_norms
+from auditor.nn.restore import audit_mode
 from auditor.option_checks import resolve_classes
 from auditor.techniques.cam import CamNotApplicable, choose_layer
 from auditor.techniques.reconstructions import gradient_saliency
-from auditor.techniques.saliency import Saliency, folded_but_layer, products, saliency
+from auditor.techniques.saliency import Saliency, foldable_but_layer, folded_but_layer, products, saliency
 from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
 from auditor.techniques.trust.perturbation import (
     ConfidenceChange,
@@ -92,8 +93,9 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, the maps, and
     each step's seconds. `settings` are the attribution methods' (the trained maps' own).
 
-    Each randomised copy runs with its BatchNorms folded (the CAM layer kept out) and computes, per method,
-    only the steps `steps_for(method)` names (indices into the cascade's steps; None: every step): a
+    Each randomised copy runs with its BatchNorms folded (the CAM layer kept out; the pairs found and checked
+    on the first step, the copy being one model re-initialised step by step), a --batch-size block of images
+    at a time, and computes, per method, only the steps `steps_for(method)` names (indices into the cascade's steps; None: every step): a
     method's curves are NaN at the steps it skips, and its maps are absent from those steps' dicts. The
     similarities of every (method, step) are computed together, each trained map ranked once.
     """
@@ -103,6 +105,7 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     step_maps: list[dict[str, torch.Tensor]] = []
     pairs: list[tuple[int, int, torch.Tensor]] = []  # (method's position, step, its map after the step)
     seconds: list[float] = []
+    folds: Folds | None = None  # found on the first step: the copy is one model, re-initialised step by step
     for step, (label, randomised) in enumerate(ctx.progress.each(
             randomization_cascade(ctx.module, steps, ctx.options.seed, example=x[:1]), "steps", total=steps)):
         started = time.perf_counter()
@@ -110,10 +113,13 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
         chosen = [m for m in methods if wanted[m] is None or step in wanted[m]]
         found: dict[str, torch.Tensor] = {}
         if chosen:
-            with folded_but_layer(randomised, layer, x[:1]):
-                found = Saliency.joined(ctx.spread(len(x), lambda i, model=randomised, methods=chosen: saliency(
-                    model, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, methods=methods,
-                    settings=settings))).maps
+            with audit_mode(randomised):
+                folds = foldable_but_layer(randomised, layer, x[:1]) if folds is None else folds
+                with folded(folds):
+                    found = Saliency.joined(ctx.spread_batches(len(x), lambda rows, model=randomised,
+                                                               methods=chosen: saliency(
+                        model, x[rows], top[rows], layer, target, ctx.head, methods=methods,
+                        settings=settings))).maps
         step_maps.append(found)
         seconds.append(time.perf_counter() - started)
         pairs += [(methods.index(m), step, found.get(m, torch.zeros_like(original.maps[m]))) for m in chosen]
@@ -192,7 +198,7 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
             axis.plot(steps[computed], mean[computed], marker="o", markersize=4, label=METHODS[method].name, **style)
     ticks = [f"{i}: {label}" for i, label in zip(steps, labels)]
     for axis, title in ((rank, "Spearman rank correlation of |maps|"), (structure, "SSIM of maps")):
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title, fontsize=10, y=1.0)  # a fixed place: no layout pass for it
         axis.set_xticks(steps, ticks, rotation=35, ha="right", fontsize=7)
         axis.set_xlabel("randomised down to (cumulative, head first)", fontsize=8)
         axis.set_ylim(-0.6, 1.05)
@@ -208,7 +214,7 @@ def plot(labels: list[str], scores: dict[str, dict[str, torch.Tensor]], curves: 
         for column, name in enumerate(names):
             style = random_style if name == "random map" else styles[column]
             axis.plot(fractions, mean[column], label=name, **style)
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title, fontsize=10, y=1.0)
         axis.set_xlabel("fraction of pixels", fontsize=8)
         axis.set_ylabel("probability of the top class", fontsize=8)
     handles, legend_names = insert.get_legend_handles_labels()
@@ -289,14 +295,14 @@ def _finite(values: torch.Tensor) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in values.tolist()]
 
 
-def _row(maps: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    """Image i's maps (one row) of maps computed for several images."""
-    return {key: value[i:i + 1] for key, value in maps.items()}
+def _rows(maps: dict[str, torch.Tensor], block: slice) -> dict[str, torch.Tensor]:
+    """A block of images' maps, of maps computed for several images."""
+    return {key: value[block] for key, value in maps.items()}
 
 
 def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -> Section:
     """Under torchrun every rank runs this (the Trust technique spreads): each scores its share of the
-    images, one image at a time, as one process does; rank 0 alone draws and writes the section."""
+    images, a --batch-size block at a time, as one process does; rank 0 alone draws and writes the section."""
     started = time.perf_counter()
     ctx.share_from_main()
     rows = ctx.gallery_indices()[:settings["trust_images"]]
@@ -312,8 +318,8 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     wanted = trust_methods(ctx)
     used = trusted_settings(ctx, (x.shape[-2], x.shape[-1]))
     known = known_maps(ctx, rows)
-    original = Saliency.joined(ctx.spread(len(rows), lambda i: saliency(
-        ctx.module, x[i:i + 1], top[i:i + 1], layer, target, ctx.head, _row(known, i),
+    original = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
+        ctx.module, x[block], top[block], layer, target, ctx.head, _rows(known, block),
         {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
     steps = settings["trust_steps"]
     randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
@@ -325,8 +331,8 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
     known_other = shared_attribution.other_rows(rows, other) if shared_attribution is not None else {}
     with folded_but_layer(ctx.module, layer, x[:1]):
-        other_maps = Saliency.joined(ctx.spread(len(rows), lambda i: saliency(
-            ctx.module, x[i:i + 1], other[i:i + 1], layer, target, ctx.head, _row(known_other, i),
+        other_maps = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
+            ctx.module, x[block], other[block], layer, target, ctx.head, _rows(known_other, block),
             methods=list(original.maps), settings=used))).maps
     methods = list(original.maps)
     stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
@@ -335,15 +341,14 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     stacked = stacked.to(x.device)
     batch = max(16, ctx.options.batch_size)
 
-    def faithfulness(i: int) -> tuple[PerturbationCurves, ConfidenceChange]:
-        one = slice(i, i + 1)
-        found = deletion_insertion(ctx.module, x[one], stacked[one], targets[one], steps=steps + 1,
+    def faithfulness(block: slice) -> tuple[PerturbationCurves, ConfidenceChange]:
+        found = deletion_insertion(ctx.module, x[block], stacked[block], targets[block], steps=steps + 1,
                                    baseline=settings["trust_baseline"], batch_size=batch, head=ctx.head)
-        return found, confidence_change(ctx.module, x[one], stacked[one], targets[one], batch_size=batch,
+        return found, confidence_change(ctx.module, x[block], stacked[block], targets[block], batch_size=batch,
                                         head=ctx.head, scores=found.deletion[..., 0])  # clean images: not rerun
 
     with folded_batch_norms(ctx.module, ctx.module, x[:1]):  # hundreds of perturbed images through one model
-        parts = ctx.spread(len(rows), faithfulness)
+        parts = ctx.spread_batches(len(rows), faithfulness)
     curves = PerturbationCurves.joined([found for found, _ in parts])
     confidence = ConfidenceChange.joined([change for _, change in parts])
     if not ctx.is_main:  # a torchrun rank's share is in; rank 0 writes the section

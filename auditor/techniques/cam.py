@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -44,7 +44,7 @@ from auditor.techniques.cam_layers import (
     resolve_layer,
 )
 from auditor.techniques.class_targets import check_class_scores, target_columns
-from auditor.techniques.reconstructions import guided_backprop
+from auditor.techniques.reconstructions import RuleGraph, guided_backprop
 from auditor.techniques.tensor_ops import minmax
 
 __all__ = ["CamInputs", "CamNotApplicable", "CamResult", "cam_maps", "cam_raw", "choose_layer",
@@ -77,6 +77,7 @@ class CamResult:
     raw: dict[str, torch.Tensor]  # method key -> [N, K, h, w] at the layer's resolution, before upsampling
     maps: dict[str, torch.Tensor]  # method key -> [N, K, H, W] upsampled to the input, min-max normalised
     unavailable: dict[str, str] = field(default_factory=dict)  # method key -> why it does not apply
+    input_gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # rule -> [N, K, 3, H, W], if asked
 
     @property
     def cam_unavailable(self) -> str | None:
@@ -237,7 +238,7 @@ def eigen_cam_raw(inputs: CamInputs) -> torch.Tensor:
 
 def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: LayerSpec = None, *,
              target: Target = "logit", methods: Sequence[str] | None = None, head: Head = SOFTMAX,
-             batch_size: int = 64) -> CamResult:
+             batch_size: int = 64, input_gradients: Sequence[str] = ()) -> CamResult:
     """The CAM-family maps `methods` for `targets` ([N] or [N, K] class indices) of images `x`; by default
     every one-pass method of the table (CAM, Grad-CAM, Grad-CAM++, LayerCAM, XGrad-CAM, HiResCAM,
     Eigen-CAM): Score-CAM, a forward pass per channel, runs only when asked for.
@@ -247,6 +248,11 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: La
     differentiates (softmax unless the model's head is a sigmoid). Score-CAM adds forward passes of
     masked inputs, `batch_size` per pass. A method that cannot serve is left out of `maps`, with the reason
     in `unavailable` (classic CAM's also as `cam_unavailable`).
+
+    `input_gradients`: backward rules (reconstructions.RULES: guided backprop, deconvnet, the plain gradient)
+    whose input gradients of the targets' logits come from the same forward pass, recorded for them
+    (reconstructions.RuleGraph), into `input_gradients`: the numbers of reconstructions.input_gradients
+    without its forward pass.
     """
     from auditor.methods import cam_family  # the table imports this module
 
@@ -263,11 +269,16 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: La
     size = (x.shape[-2], x.shape[-1])
     with audit_mode(model):
         chosen = automatic_layer(model, x) if layer is None else resolve_layer(model, layer)
-        with torch.enable_grad(), capture_output(chosen.module) as captured, _last_linear_call(model) as linear:
-            logits = model(x.detach())
+        with torch.enable_grad():
+            graph = RuleGraph(x, input_gradients) if input_gradients else None
+            with capture_output(chosen.module, keep_graph=graph is not None) as captured, \
+                    _last_linear_call(model) as linear, \
+                    (graph.recording() if graph is not None else nullcontext()):
+                logits = model(graph.input if graph is not None else x.detach())
         activation, layout = _checked_activation(chosen, captured.output, size)
         check_class_scores(logits, targets, "cam")
         targets = targets.to(logits.device)
+        gradients = {} if graph is None else graph.per_target(logits, targets, keep=True)  # the CAM family's next
         # the capture and linear-call hooks are gone now: Score-CAM's masked passes leave `activation` alone
         inputs = CamInputs(chosen.name, activation, layout, logits, targets, target, linear[0] if linear else None,
                            head, model=model, x=x, batch_size=batch_size)
@@ -278,8 +289,10 @@ def cam_maps(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: La
                 raw[key] = family[key].compute(inputs)
             except CamNotApplicable as error:
                 unavailable[key] = str(error)
+    if graph is not None:
+        graph.warn_if_blind(model)
     return CamResult(chosen, layout.describe(size), target, targets, logits.detach(), raw,
-                     {method: upsample_normalise(r, size) for method, r in raw.items()}, unavailable)
+                     {method: upsample_normalise(r, size) for method, r in raw.items()}, unavailable, gradients)
 
 
 def choose_layer(model: nn.Module, x: torch.Tensor) -> TargetLayer:

@@ -108,12 +108,14 @@ class Capture:
 
 
 @contextmanager
-def capture_output(module: nn.Module) -> Iterator[Capture]:
+def capture_output(module: nn.Module, keep_graph: bool = False) -> Iterator[Capture]:
     """Capture `module`'s output as a tensor that gradients can be taken with respect to.
 
     The output is detached (no graph below the layer, so no backward below it) and replaced by a
     clone that requires grad: in-place ops further on (DenseNet's relu_ after `features`) act on the
     clone, so the captured tensor holds the value the next layers read, and its gradient matches.
+    With `keep_graph` the clone stays attached to the graph below (input gradients of the same forward
+    pass go through it); a backward pass to the clone still stops there.
     """
     captured = Capture()
 
@@ -121,7 +123,7 @@ def capture_output(module: nn.Module) -> Iterator[Capture]:
         if not isinstance(output, torch.Tensor):
             raise AuditorError(f"--cam-layer: the layer's output is a {type(output).__name__}, not a tensor; "
                                "choose a layer that returns a tensor")
-        captured.output = output.detach().requires_grad_(True).clone()
+        captured.output = (output if keep_graph else output.detach().requires_grad_(True)).clone()
         return captured.output
 
     with forward_hooks([(module, hook)]):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,39 +115,69 @@ def input_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | S
     """Several methods' input gradients from one forward pass: per method of `methods` (of RULES), the
     gradients [N, 3, H, W] for targets [N], or [N, K, 3, H, W] for targets [N, K] (K objectives per image).
 
-    The forward pass records each rectifier once, keeping its mask 0 < x < max; each backward pass then
-    applies one method's rule to it (`_Rule`), so guided backprop, deconvnet and the plain gradient of K
+    The forward pass records each rectifier once (`RuleGraph`), keeping its mask 0 < x < max; each backward
+    pass then applies one method's rule to it, so guided backprop, deconvnet and the plain gradient of K
     targets cost one forward pass and K backward passes each, the numbers of their one-method calls. The
     plain gradient alone runs no mode at all: autograd's own backward."""
-    unknown = [m for m in methods if m not in RULES]
-    if unknown or not methods:
-        raise ValueError(f"input_gradients: methods among {', '.join(RULES)}, not {', '.join(unknown) or 'none'}")
-    rule = None if tuple(methods) == ("gradient",) else _Rule()
     with audit_mode(model), torch.inference_mode(False), torch.enable_grad():
         # clones made here are normal tensors even when the caller's are from inference mode
+        graph = RuleGraph(x, methods)
         targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).clone()
         if targets.ndim not in (1, 2) or targets.shape[0] != x.shape[0]:
             raise AuditorError(f"targets: give one index per image ({x.shape[0]}), or [images, K], not a tensor "
                                f"of shape {tuple(targets.shape)}")
         columns = targets[:, None] if targets.ndim == 1 else targets
-        leaf = x.detach().clone().requires_grad_(True)
-        output = _forward(model, leaf.clone(), layer, rule)  # a non-leaf copy: in-place ops on it are allowed
+        with graph.recording():
+            output = _forward(model, graph.input, layer)
         if layer is not None and isinstance(output, torch.Tensor):  # Swin's channels-last maps, ViT's tokens
             output = channels_first(output, (x.shape[-2], x.shape[-1]))
+        found = graph.per_target(output, columns, layer)
+    graph.warn_if_blind(model)
+    return {m: g if targets.ndim == 2 else g[:, 0] for m, g in found.items()}
+
+
+class RuleGraph:
+    """One forward pass recorded for the input gradients of several backward rules (of RULES): run the model
+    on `input` inside `recording()`, then `per_target` gives each rule's gradients, a backward pass per rule
+    and target. Any other backward pass of the same graph (the CAM family's, to its layer) is autograd's own."""
+
+    def __init__(self, x: torch.Tensor, methods: Sequence[str]) -> None:
+        unknown = [m for m in methods if m not in RULES]
+        if unknown or not methods:
+            raise ValueError(f"input_gradients: methods among {', '.join(RULES)}, not {', '.join(unknown) or 'none'}")
+        self.methods = tuple(methods)
+        self.rule = None if self.methods == ("gradient",) else _Rule()
+        self.leaf = x.detach().clone().requires_grad_(True)
+        self.input = self.leaf.clone()  # a non-leaf copy: in-place ops on it are allowed
+
+    def recording(self) -> AbstractContextManager[Any]:
+        """Where the forward pass runs: rectifiers recorded, when a rule other than the plain gradient is asked."""
+        return self.rule if self.rule is not None else nullcontext()
+
+    def per_target(self, output: Any, columns: torch.Tensor, layer: str | nn.Module | None = None,
+                   keep: bool = False) -> dict[str, torch.Tensor]:
+        """Per rule, the input gradients [N, K, 3, H, W] of each column k's objective (`_objective`: the target
+        logit, or with `layer` the channel's strongest activation). The graph is freed after the last
+        backward pass unless `keep` (another backward pass of it follows)."""
         objectives = [_objective(output, columns[:, k], layer) for k in range(columns.shape[1])]
-        found: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
-        last = (len(objectives) - 1, len(methods) - 1)
+        found: dict[str, list[torch.Tensor]] = {m: [] for m in self.methods}
+        last = (len(objectives) - 1, len(self.methods) - 1)
         for k, objective in enumerate(objectives):
-            for i, method in enumerate(methods):
-                if rule is not None:
-                    rule.method = method
-                (grad,) = torch.autograd.grad(objective, leaf, retain_graph=(k, i) != last)
+            for i, method in enumerate(self.methods):
+                if self.rule is not None:
+                    self.rule.method = method
+                (grad,) = torch.autograd.grad(objective, self.leaf, retain_graph=keep or (k, i) != last)
                 found[method].append(grad.detach())
-    if rule is not None:
-        for method in methods:
-            if method != "gradient":
-                _warn_if_blind(model, rule, _WORDS[method])
-    return {m: torch.stack(g, dim=1) if targets.ndim == 2 else g[0] for m, g in found.items()}
+        if self.rule is not None:
+            self.rule.method = "gradient"
+        return {m: torch.stack(g, dim=1) for m, g in found.items()}
+
+    def warn_if_blind(self, model: nn.Module) -> None:
+        """Warn, per rectified method, when the rectifiers could not all be replaced (`_warn_if_blind`)."""
+        if self.rule is not None:
+            for method in self.methods:
+                if method != "gradient":
+                    _warn_if_blind(model, self.rule, _WORDS[method])
 
 
 class _Rule(TorchFunctionMode):
@@ -156,7 +186,7 @@ class _Rule(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.method = RULES[0]
+        self.method = "gradient"
         self.seen = 0
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
@@ -221,14 +251,13 @@ def _bind(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: dict[str, Any
             for i, (name, default) in enumerate(defaults.items())]
 
 
-def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None, rule: _Rule | None) -> Any:
+def _forward(model: nn.Module, x: torch.Tensor, layer: str | nn.Module | None) -> Any:
     """The logits, or the output of `layer`'s first call (the forward pass stops there)."""
-    with rule if rule is not None else nullcontext():
-        if layer is None:
-            return model(x)
-        _, module = resolve_layer(model, layer)
-        with truncated_forward(model, module) as run:
-            return run(x)
+    if layer is None:
+        return model(x)
+    _, module = resolve_layer(model, layer)
+    with truncated_forward(model, module) as run:
+        return run(x)
 
 
 def _objective(output: Any, targets: torch.Tensor, layer: str | nn.Module | None) -> torch.Tensor:
@@ -254,10 +283,10 @@ def _warn_if_blind(model: nn.Module, rule: _Rule, method: str) -> None:
     if rule.seen == 0:
         warnings.warn(f"{method}: no rectifier (nn.ReLU, ReLU6, F.relu, torch.relu) ran in the forward pass, "
                       "e.g. a TorchScript model or one with other activations; the result reduces to the plain "
-                      "input gradient", NoRectifierWarning, stacklevel=4)
+                      "input gradient", NoRectifierWarning, stacklevel=5)
     elif has_torchscript(model):
         warnings.warn(f"{method}: part of the model is TorchScript, whose functional ReLUs cannot be replaced; "
-                      "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=4)
+                      "there the result is the plain input gradient", RectifierNotSeenWarning, stacklevel=5)
 
 
 def gradient_saliency(gradients: torch.Tensor) -> torch.Tensor:

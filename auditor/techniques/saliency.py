@@ -3,8 +3,9 @@
 `saliency` computes the methods asked for on one model, images and classes, dispatching on each method's
 family (see auditor.methods for what `compute` is per family):
 - "cam": one `cam_maps` call for every CAM-family method needed (asked for, or a part of a product asked for);
-- "gradient": every method from one forward pass (`input_gradients`: a backward pass per method); a
-  result that is the plain gradient (NoRectifierWarning) is not scored under the method's name;
+- "gradient": every method from one forward pass (a backward pass per method): the CAM family's, when it
+  runs (cam_maps' input_gradients), else input_gradients'; a result that is the plain gradient
+  (NoRectifierWarning) is not scored under the method's name;
 - "product": made of its parts' results (`products`);
 - "attribution": `compute(model, x, targets [N], head, settings) -> [N, H, W]` in [0, 1] with the caller's
   `settings` (auditor.methods.attribution_settings); a method whose gradients cannot be used is missing,
@@ -25,18 +26,19 @@ from torch import nn
 from auditor.errors import AuditorError
 from auditor.inputs.models.heads import SOFTMAX, Head
 from auditor.methods import METHODS, Method, reusing
-from auditor.nn.folding import folded_batch_norms
+from auditor.nn.folding import Folds, foldable, folded
 from auditor.nn.restore import audit_mode
 from auditor.techniques.attribution import GradientsUnavailable
 from auditor.techniques.cam import CamNotApplicable, cam_maps
 from auditor.techniques.cam_layers import resolve_layer
 from auditor.techniques.reconstructions import (
+    RectifierWarnings,
     gradient_saliency,
     input_gradients,
     rectifier_warnings,
 )
 
-__all__ = ["Saliency", "folded_but_layer", "products", "saliency"]
+__all__ = ["Saliency", "foldable_but_layer", "folded_but_layer", "products", "saliency"]
 
 
 @dataclass
@@ -77,11 +79,13 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
 
     cams = [key for key, method in METHODS.items() if method.family == "cam" and key in needed
             and key not in maps and key not in missing]
-    if cams:
-        _cam_family(model, x, targets, layer, target, head, cams, maps, missing)
-    gradients = _gradient_family(model, x, targets, [METHODS[key] for key in METHODS if key in needed
-                                                     and METHODS[key].family == "gradient"],
-                                 maps, missing, products_todo)
+    rules = _gradients_needed([METHODS[key] for key in METHODS if key in needed and METHODS[key].family == "gradient"],
+                              maps, products_todo)
+    with rectifier_warnings() as seen:
+        found = _cam_family(model, x, targets, layer, target, head, cams, maps, missing, rules) if cams else None
+        if rules and found is None:
+            found = {key: g.float().cpu() for key, g in input_gradients(model, x, targets, rules).items()}
+    gradients = _gradient_maps(rules, found or {}, seen, maps, missing)
     for key, product in products(gradients, maps, [method.key for method in products_todo]).items():
         maps.setdefault(key, product)
     for method in products_todo:
@@ -100,39 +104,41 @@ def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: st
 
 
 def _cam_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, layer: str | None, target: str,
-                head: Head, cams: list[str], maps: dict[str, torch.Tensor], missing: dict[str, str]) -> None:
-    """The CAM-family maps `cams`, from one cam_maps call, into `maps` (or why not, into `missing`)."""
+                head: Head, cams: list[str], maps: dict[str, torch.Tensor], missing: dict[str, str],
+                rules: list[str]) -> dict[str, torch.Tensor] | None:
+    """The CAM-family maps `cams`, from one cam_maps call, into `maps` (or why not, into `missing`); and the
+    input gradients of `rules` from its forward pass (None when the CAM family does not apply at all)."""
     try:
-        result = cam_maps(model, x, targets[:, None], layer, target=target, head=head, methods=cams)
+        result = cam_maps(model, x, targets[:, None], layer, target=target, head=head, methods=cams,
+                          input_gradients=rules)
     except CamNotApplicable as error:  # no spatial layer at all: the whole CAM family is out, and its products
         family = {key for key, method in METHODS.items() if method.family == "cam"}
         missing.update({key: str(error) for key, method in METHODS.items()
                         if key in family or set(method.reuses) & family})
-        return
+        return None
     for key in cams:
         if key in result.maps:
             maps.setdefault(key, result.maps[key][:, 0].float().cpu())
         else:
             missing[key] = result.unavailable.get(key) or "not computed"
+    return {key: g[:, 0].float().cpu() for key, g in result.input_gradients.items()}
 
 
-def _gradient_family(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, methods: list[Method],
-                     maps: dict[str, torch.Tensor], missing: dict[str, str],
-                     products_todo: list[Method]) -> dict[str, torch.Tensor]:
-    """Input gradients of the gradient methods still needed (not known, or a part of a product to make),
-    all from one forward pass (`input_gradients`).
-    Their maps go into `maps`; a result that is the plain gradient goes into `missing` instead."""
-    wanted = [method.key for method in methods
-              if method.key not in maps or any(product.key in {p.key for p in products_todo}
-                                               for product in reusing(method.key))]
-    if not wanted:
-        return {}
-    with rectifier_warnings() as seen:
-        found = {key: g.float().cpu() for key, g in input_gradients(model, x, targets, wanted).items()}
-    rectified = [key for key in wanted if key != "gradient"]  # warned in this order
+def _gradients_needed(methods: list[Method], maps: dict[str, torch.Tensor], products_todo: list[Method]) -> list[str]:
+    """The gradient methods whose input gradients are still needed: not known, or a part of a product to make."""
+    return [method.key for method in methods
+            if method.key not in maps or any(product.key in {p.key for p in products_todo}
+                                             for product in reusing(method.key))]
+
+
+def _gradient_maps(rules: list[str], found: dict[str, torch.Tensor], seen: RectifierWarnings,
+                   maps: dict[str, torch.Tensor], missing: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The input gradients `found` for `rules`, all from one forward pass; their maps go into `maps`, and a
+    result that is the plain gradient (`seen` says so) into `missing` instead."""
+    rectified = [key for key in rules if key != "gradient"]  # warned in this order
     plain = dict(zip(rectified, seen.plain)) if len(seen.plain) == len(rectified) else {}
     gradients: dict[str, torch.Tensor] = {}
-    for key in wanted:
+    for key in rules:
         if key in plain:  # the plain gradient: not scored under the method's name
             maps.pop(key, None)
             missing[key] = plain[key]
@@ -161,15 +167,16 @@ def products(gradients: dict[str, torch.Tensor], maps: dict[str, torch.Tensor],
 def folded_but_layer(model: nn.Module, layer: str | None, example: torch.Tensor) -> Iterator[int]:
     """Within the block, `model` (in audit mode) runs with its BatchNorms folded into the convolutions
     before them (auditor.nn.folding), except inside the CAM target `layer`, whose captured output stays
-    the model's own; yields how many were folded. No layer (cam_maps would choose one, maybe a folded
-    convolution) or one that does not resolve (cam_maps says why) folds nothing."""
-    with audit_mode(model):
-        try:
-            keep = None if layer is None else [resolve_layer(model, layer).module]
-        except AuditorError:
-            keep = None
-        if keep is None:
-            yield 0
-            return
-        with folded_batch_norms(model, model, example, keep=keep) as folded:
-            yield folded
+    the model's own; yields how many were folded."""
+    with audit_mode(model), folded(foldable_but_layer(model, layer, example)) as count:
+        yield count
+
+
+def foldable_but_layer(model: nn.Module, layer: str | None, example: torch.Tensor) -> Folds:
+    """What `folded_but_layer` folds, for a model in audit mode: nothing for no layer (cam_maps would choose
+    one, maybe a folded convolution) or one that does not resolve (cam_maps says why)."""
+    try:
+        keep = None if layer is None else [resolve_layer(model, layer).module]
+    except AuditorError:
+        keep = None
+    return Folds() if keep is None else foldable(model, model, example, keep)
