@@ -1,4 +1,5 @@
-"""Input layout and BatchNorm folding: what each buys a forward pass, and a forward and backward pass.
+"""Input layout and folding (BatchNorms, zero paddings): what each buys a forward pass, and a forward and
+backward pass.
 
 Run: .venv/bin/python bench/bench_layout.py [--batch 32] [--threads 2] [--repeat 3]
 
@@ -6,8 +7,9 @@ For the default model (EfficientNet-Lite0) and resnet50 (random weights: timing 
 them) at 224 px, median wall seconds per image of:
   forward     inference mode, as the shared forward pass and the trust section's perturbed images run
   backward    forward and input gradient, as CAM, guided backprop and the randomisation test run
-each with the usual (contiguous) input, channels-last input (AuditContext.memory_format), BatchNorms
-folded (auditor/nn/folding.py), and both.
+each with the usual (contiguous) input, channels-last input (AuditContext.memory_format), BatchNorms and
+zero paddings folded into the convolutions (auditor/nn/folding.py), and both; with freed memory reused, as
+run_audit sets it (auditor/allocator.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench_reconstructions import (
 )
 from torch import nn
 
+from auditor.allocator import reuse_freed_memory
 from auditor.inputs.models import load_model
 from auditor.nn.folding import folded_batch_norms
 from auditor.nn.restore import audit_mode
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} at 224 px, "
           f"median wall ms per image of {args.repeat} runs")
     models = {"EfficientNet-Lite0": load_model().module, "resnet50": torchvision.models.resnet50()}
@@ -57,7 +61,8 @@ def main() -> None:
                     with folded_batch_norms(model, model, x[:1]) if fold else nullcontext():
                         for layout in (torch.contiguous_format, torch.channels_last):
                             inputs = x.contiguous(memory_format=layout)
-                            row.append(median_seconds(lambda: run(model, inputs), args.repeat) / args.batch)
+                            row.append(median_seconds(lambda run=run, model=model, inputs=inputs: run(model, inputs),
+                                                      args.repeat) / args.batch)
                 usual, last, folded, both = (1000 * seconds for seconds in row)
                 print(f"{name:20}{label:10}{usual:8.1f}{last:9.1f}{folded:8.1f}{both:7.1f}{usual / both:9.2f}x")
 
