@@ -186,7 +186,7 @@ def guard(world: World) -> Iterator[None]:
 
 
 def block(count: int, world: World) -> range:
-    """This rank's contiguous block of `count` items (the first ranks take one more when it does not divide)."""
+    """This rank's contiguous block of `count` items (the last ranks take one more when it does not divide)."""
     start = count * world.rank // world.size
     return range(start, count * (world.rank + 1) // world.size)
 

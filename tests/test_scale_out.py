@@ -223,11 +223,11 @@ def test_torchrun_two_ranks_give_one_report_with_the_numbers_of_one_process(fold
     from auditor.report.schema import schema_text
 
     jsonschema.Draft202012Validator(json.loads(schema_text("report"))).validate(report)
-    # one item a rank in each of 11 spread calls: 2 images for the feature maps, reconstructions, the CAM
-    # gallery, occlusion, and the trust section's trained maps, 2 steps, other class and deletion; 2 blocks of
-    # 4 channels for each maximization method
+    # one item a rank in each of 6 spread calls: 2 images for the feature maps, reconstructions, the CAM
+    # gallery, occlusion; 2 blocks of 4 channels for each maximization method. The trust section's 5 (trained
+    # maps, 2 steps, other class, deletion) each have one --batch-size block of its 2 images, the last rank's
     assert record["environment"]["distributed"] == {"world_size": 2, "backend": "gloo", "shards": [6, 5],
-                                                    "spread": [11, 11]}
+                                                    "spread": [6, 11]}
     assert alone["record"]["environment"]["distributed"]["world_size"] == 1
     assert numbers(tmp_path / "two") == numbers(tmp_path / "one")
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
