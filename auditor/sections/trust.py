@@ -93,11 +93,12 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, the maps, and
     each step's seconds. `settings` are the attribution methods' (the trained maps' own).
 
-    Each randomised copy runs with its BatchNorms folded (the CAM layer kept out; the pairs found and checked
-    on the first step, the copy being one model re-initialised step by step), a --batch-size block of images
-    at a time, and computes, per method, only the steps `steps_for(method)` names (indices into the cascade's steps; None: every step): a
-    method's curves are NaN at the steps it skips, and its maps are absent from those steps' dicts. The
-    similarities of every (method, step) are computed together, each trained map ranked once.
+    Each randomised copy runs with its BatchNorms and paddings folded (the CAM layer kept out; the folds found
+    and checked on the first step, the copy being one model re-initialised step by step), a --batch-size
+    block of images at a time, and computes, per method, only the steps `steps_for(method)` names (indices
+    into the cascade's steps; None: every step): a method's curves are NaN at the steps it skips, and its
+    maps are absent from those steps' dicts. The similarities of every (method, step) are computed together,
+    each trained map ranked once.
     """
     methods = list(original.maps)
     wanted = {m: None if steps_for is None else set(steps_for(m)) for m in methods}
