@@ -17,16 +17,18 @@ from tests.fixtures_models import tiny
 from tests.toolkit import assert_unchanged, snapshot
 
 
-class BatchNormCalls(TorchFunctionMode):
-    """Counts F.batch_norm calls, whichever module makes them."""
+class Calls(TorchFunctionMode):
+    """Counts the calls of one torch function (F.batch_norm, F.pad), whichever module makes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, counted) -> None:
         super().__init__()
+        self.counted = counted
         self.count = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.nn.functional.batch_norm
+        self.count += func is self.counted
         return func(*args, **(kwargs or {}))
+
 
 
 class SkipOverNorm(nn.Module):
@@ -70,7 +72,7 @@ def test_tiny_net_folds_both_pairs_and_matches_the_hand_folded_weights():
     hand_weight = conv.weight * scale[:, None, None, None]
     hand_bias = (conv.bias - norm.running_mean) * scale + norm.bias
     before = snapshot(model)
-    with folded_batch_norms(model, layer, x[:1]) as folded, BatchNormCalls() as counter:
+    with folded_batch_norms(model, layer, x[:1]) as folded, Calls(torch.nn.functional.batch_norm) as counter:
         output = layer_output(model, layer, x)
         torch.testing.assert_close(conv.weight, hand_weight, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(conv.bias, hand_bias, rtol=1e-12, atol=1e-12)
@@ -87,7 +89,7 @@ def test_resnet18_folds_every_pair_before_the_layer_and_agrees_in_float32():
     before = snapshot(model)
     # conv1 + bn1; layer1: 2 blocks x 2; layer2: 2 blocks x 2 and one downsample
     assert len(conv_norm_pairs(model, layer, x[:1])[0]) == 10
-    with audit_mode(model), folded_batch_norms(model, layer, x[:1]) as folded, BatchNormCalls() as counter:
+    with audit_mode(model), folded_batch_norms(model, layer, x[:1]) as folded, Calls(torch.nn.functional.batch_norm) as counter:
         output = layer_output(model, layer, x)
     assert folded == 10 and counter.count == 0
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
@@ -172,7 +174,7 @@ def test_the_whole_model_as_layer_folds_every_pair_and_a_fold_inside_a_fold_fold
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     expected = model(x).detach()
     before = snapshot(model)
-    with folded_batch_norms(model, model, x[:1]) as folded, BatchNormCalls() as counter:
+    with folded_batch_norms(model, model, x[:1]) as folded, Calls(torch.nn.functional.batch_norm) as counter:
         assert folded == 2
         with folded_batch_norms(model, model, x[:1]) as inner:  # Score-CAM's fold inside the trust section's
             assert inner == 0
@@ -210,18 +212,6 @@ def same_padded_net(after: bool = False) -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))).double()
 
 
-class PadCalls(TorchFunctionMode):
-    """Counts F.pad calls, whichever module makes them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.nn.functional.pad
-        return func(*args, **(kwargs or {}))
-
-
 def test_zero_paddings_fold_into_their_convolutions_even_and_uneven():
     """Each padding becomes the convolution's own (uneven sides: the larger, and a kernel grown by zeros on
     the side padded less): the same output with no padding call, and the model exactly as before after."""
@@ -236,7 +226,7 @@ def test_zero_paddings_fold_into_their_convolutions_even_and_uneven():
         assert len(folds.norms) == 3
         assert [pad for _, pad in folds.pads] == [model[0].static_padding, model[3].static_padding,
                                                   model[6].static_padding]
-        with folded_batch_norms(model, model, x[:1]) as count, PadCalls() as pads:
+        with folded_batch_norms(model, model, x[:1]) as count, Calls(torch.nn.functional.pad) as pads:
             output = layer_output(model, model, x)
             assert model[0].padding == (1, 1) and model[0].weight.shape[-2:] == (4, 4)  # a zero row above
             assert torch.equal(model[0].weight[..., 0, :], torch.zeros_like(model[0].weight[..., 0, :]))
