@@ -166,12 +166,13 @@ def test_smooth_grad_equals_captum_noise_tunnel_given_the_same_noise(nt_type: st
     assert close(ours[:, 0], reference)
 
 
-def test_smooth_grad_noise_is_relative_to_each_image_and_leaves_the_global_rng() -> None:
+def test_smooth_grad_noise_is_relative_to_each_image_whatever_its_batch_and_leaves_the_global_rng() -> None:
     x = torch.stack([images(1)[0], 10 * images(1)[0]])
     state = torch.get_rng_state()
     noise = attribution.smooth_grad_noise(x, samples=400, noise=0.1, seed=0)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(noise, attribution.smooth_grad_noise(x, samples=400, noise=0.1, seed=0))
+    assert torch.equal(noise[1:], attribution.smooth_grad_noise(x[1:], samples=400, noise=0.1, seed=0))  # batch-free
     spans = x.flatten(1).amax(1) - x.flatten(1).amin(1)
     torch.testing.assert_close(noise.flatten(1).std(dim=1), 0.1 * spans, rtol=0.01, atol=0)
 

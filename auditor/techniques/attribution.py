@@ -154,13 +154,16 @@ def integrated_gradients_attributions(model: nn.Module, x: torch.Tensor, targets
 
 def smooth_grad_noise(x: torch.Tensor, samples: int = 16, noise: float = 0.15, seed: int = 0) -> torch.Tensor:
     """SmoothGrad's noise [N, samples, C, H, W] on x's device: Gaussian with sigma = noise * (max - min)
-    of each image, drawn on the CPU from its own generator (the same seed gives the same noise anywhere)."""
+    of each image, drawn on the CPU from its own generator (the same seed gives the same noise anywhere).
+    Every image takes the same standard draw, scaled by its own sigma: an image's noise does not depend on
+    which images share its batch (the trust section explains a block of images with the noise the attribution
+    section gave each alone)."""
     if samples < 1 or noise < 0:
         raise AuditorError(f"smooth grad: need samples >= 1 and noise >= 0, not {samples} and {noise}")
     flat = x.detach().flatten(1)
     sigma = (noise * (flat.amax(dim=1) - flat.amin(dim=1))).view(-1, 1, 1, 1, 1).cpu().float()
     generator = torch.Generator().manual_seed(seed)
-    standard = torch.randn((len(x), samples, *x.shape[1:]), generator=generator)
+    standard = torch.randn((1, samples, *x.shape[1:]), generator=generator)
     return (standard * sigma).to(device=x.device, dtype=x.dtype)
 
 
