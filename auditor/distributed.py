@@ -13,9 +13,9 @@ NCCL when the audit runs on CUDA (each rank on cuda:LOCAL_RANK), gloo on the CPU
 - rank 0 runs every technique on the gathered forward pass and writes the one report. The other ranks
   run only the techniques that spread their per-image work (`spreads = True`: every gallery, trust and
   maximization; not architecture and kernels), in the same order: `spread` gives each rank its block
-  of the images, computed one image at a time (the unit of work whatever the world size, so the numbers
-  are those of one process), every rank gets every result, and an item's exception is raised on every
-  rank; `broadcast` gives them rank 0's shared results first. Then they leave the group, write nothing,
+  of the items (an image, a --batch-size block of the trust section's images, or a block of channels: the
+  unit of work whatever the world size, so the numbers are those of one process), every rank gets every
+  result, and an item's exception is raised on every rank; `broadcast` gives them rank 0's shared results first. Then they leave the group, write nothing,
   and `run_audit` returns None there.
 
 Failure: each exchange is one all_gather_object of (ok, error line, payload). Work whose error the other
@@ -220,7 +220,7 @@ def gather_rows(world: World, part: torch.Tensor | None) -> torch.Tensor:
 def spread(world: World, count: int, compute: Callable[[int], Any]) -> list[Any]:
     """[compute(0), ..., compute(count - 1)] on every rank, each rank computing its block of the items.
 
-    An item (one image) is the unit of work in one process too, so that its numbers never depend on
+    An item (an image, a block of images or of channels) is the unit of work in one process too, so that its numbers never depend on
     which other items share its batch, nor on the number of ranks. Results come back on the CPU (`on_cpu`),
     whichever GPU computed them. An exception raised by an item is raised on every rank, as in one process
     (the first rank's that raised one), so a caller's `except` (a method that does not apply) and the
@@ -245,7 +245,7 @@ def _picklable(error: Exception) -> Exception:
     """The exception itself when it can travel to the other ranks (pickled and rebuilt: one whose
     constructor takes other arguments cannot), else a RuntimeError of its one line."""
     try:
-        pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes, back at once
+        pickle.loads(pickle.dumps(error))  # our own bytes, back at once
     except Exception:  # noqa: BLE001 - any failure to pickle
         return RuntimeError(one_line(error))
     return error

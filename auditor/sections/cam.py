@@ -5,9 +5,10 @@ draw) come from one `cam_maps` call per shown image (`gallery_maps`: an image is
 over torchrun's ranks): one forward pass and one batched backward for all its classes (top-k, true, chosen
 and the per-class gallery's), so nothing is computed twice across the methods and the galleries. The first
 image's call also computes the other methods of --cam-showcase (by default all, Score-CAM's forward pass
-per channel included). The methods and their names are the CAM family of the one table (auditor.methods). Guided Grad-CAM reuses the reconstructions section's guided backprop
-(ctx.shared.gradients) when it ran first; the section publishes its top-class maps (ctx.shared.cam) and
-the guided backprop it computed itself, for the trust section.
+per channel included). The methods and their names are the CAM family of the one table (auditor.methods).
+Guided Grad-CAM reuses the reconstructions section's guided backprop (ctx.shared.gradients) when it ran
+first; the section publishes its top-class maps (ctx.shared.cam) and the guided backprop it computed itself,
+for the trust section.
 """
 
 from __future__ import annotations
@@ -254,7 +255,6 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
                        metrics={"not_applicable": str(error)})
     if not ctx.is_main:  # a torchrun rank's share of the gallery is in; rank 0 draws and writes the section
         return Section(heading.name, heading.title)
-    unavailable = result.unavailable
     shown = [m for m in chosen_methods if m in result.maps]
     target_text = ("differentiating the class logit" if result.target == "logit"
                    else f"differentiating the {'sigmoid' if ctx.head.independent else 'softmax'} probability")
@@ -273,7 +273,7 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     top = [p.column(row, p.per_image[row][0]) for row in range(len(p.shown))]
     ctx.shared.cam = CamShared(p.shown, result.layer.name, result.target,
                                {m: torch.stack([maps[row, column] for row, column in enumerate(top)]).cpu()
-                                for m, maps in result.maps.items()}, unavailable)
+                                for m, maps in result.maps.items()}, result.unavailable)
     rows, per_image = [], []
     for row, index in enumerate(p.shown):
         entries = []
@@ -292,14 +292,14 @@ def cam_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any]) -
     text = (f"{INTRODUCTION} All maps here come from layer {result.layer.name} ({result.layer.reason}); "
             f"{result.formed}; {target_text}. A map on the object supports the prediction; a map on the background "
             f"or on another object is a warning, even when the class is right.")
-    notes = [f"{METHODS[m].name} does not apply: {why}." for m, why in unavailable.items()]
+    notes = [f"{METHODS[m].name} does not apply: {why}." for m, why in result.unavailable.items()]
     notes += [f"{METHODS[m].name} is drawn on the first image only: it runs a forward pass per channel of "
               f"{result.layer.name} for each image; --cam-methods {m} draws it on every image."
               for m in showcase if METHODS[m].many_passes]
     notes += [guided_note] if guided_note else []
     metrics = {"layer": result.layer.name, "layer_reason": result.layer.reason, "formed": result.formed,
                "target": result.target, "methods": shown, "first_image_methods": list(every),
-               "unavailable": unavailable, "cam_unavailable": unavailable.get("cam"),
+               "unavailable": result.unavailable, "cam_unavailable": result.cam_unavailable,
                "gallery_classes": [ctx.class_names[c] for c in p.gallery], "images": per_image}
     return Section(heading.name, heading.title, text=text, blocks=blocks, metrics=metrics, notes=notes,
                    arrays=kept_maps(ctx, result.raw, p.shown, top))  # maps.safetensors
