@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from auditor import __version__, distributed
-from auditor.allocator import reuse_freed_memory
+from auditor.allocator import frozen_heap, reuse_freed_memory
 from auditor.config import RunOptions
 from auditor.context import AuditContext, resolve_device, resolve_workers
 from auditor.document import Figure, Report, Section
@@ -91,6 +91,7 @@ def run_audit(
     done: dict[str, Section] = {}
     with ExitStack() as stack:
         stack.callback(shown.close)
+        stack.enter_context(frozen_heap())  # the model and libraries: not scanned by each full collection
         with distributed.guard(world):  # the model moved, and each rank's shard of the forward pass
             requires_grad = stack.enter_context(audit_mode(model.module, device))
             ctx = AuditContext(model, images, options, device, requires_grad, progress=shown)

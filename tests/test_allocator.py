@@ -20,3 +20,20 @@ def test_glibc_keeps_freed_blocks() -> None:
 def test_elsewhere_nothing_is_changed(monkeypatch) -> None:
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
     assert allocator.reuse_freed_memory() is False
+
+
+def test_the_heap_is_frozen_for_the_block_and_a_callers_own_freeze_is_kept():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with allocator.frozen_heap():
+        assert gc.get_freeze_count() > 1000  # this test process's objects
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with allocator.frozen_heap():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen  # not undone
+    finally:
+        gc.unfreeze()

@@ -1,6 +1,6 @@
-"""BatchNorm and zero-padding folding: the folded network computes what the model computes, without a
-BatchNorm (or padding) call, and the model is exactly as before afterwards (the same tensor objects, no
-attribute left on a module); pairs that cannot be folded are left alone."""
+"""BatchNorm, zero-padding and in-place rectifier folding: the folded network computes what the model
+computes, without a BatchNorm (or padding) call, and the model is exactly as before afterwards (the same
+tensor objects, no attribute left on a module); pairs that cannot be folded are left alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from auditor.nn.folding import conv_norm_pairs, folded_batch_norms
+from auditor.nn.folding import fold_pairs, folded_batch_norms
 from auditor.nn.hooks import truncated_forward
 from auditor.nn.restore import audit_mode
 from tests.fixtures_models import tiny
@@ -88,7 +88,7 @@ def test_resnet18_folds_every_pair_before_the_layer_and_agrees_in_float32():
     expected = layer_output(model, layer, x)
     before = snapshot(model)
     # conv1 + bn1; layer1: 2 blocks x 2; layer2: 2 blocks x 2 and one downsample
-    assert len(conv_norm_pairs(model, layer, x[:1])[0]) == 10
+    assert len(fold_pairs(model, layer, x[:1])[0].norms) == 10
     with audit_mode(model), folded_batch_norms(model, layer, x[:1]) as folded, Calls(torch.nn.functional.batch_norm) as counter:
         output = layer_output(model, layer, x)
     assert folded == 10 and counter.count == 0
@@ -100,7 +100,7 @@ def test_a_convolution_output_used_beside_its_norm_is_not_folded():
     model = randomise_statistics(SkipOverNorm())
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     expected = layer_output(model, model.out, x)
-    assert len(conv_norm_pairs(model, model.out, x)[0]) == 1  # the pair looks foldable from the calls alone
+    assert len(fold_pairs(model, model.out, x)[0].norms) == 1  # the pair looks foldable from the calls alone
     before = snapshot(model)
     with folded_batch_norms(model, model.out, x) as folded:
         assert folded == 0  # the check on the example finds the folded output differs
@@ -126,7 +126,7 @@ def test_unfoldable_pairs_are_skipped(case):
     else:
         model.features[4] = nn.Sequential(norm, nn.Conv2d(16, 16, 1), norm)
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    pairs, _ = conv_norm_pairs(model, layer, x)
+    pairs = fold_pairs(model, layer, x)[0].norms
     assert (model.features[0], model.features[1]) in pairs and all(conv is not c for c, _ in pairs)
     for handle in handles:
         handle.remove()
@@ -247,3 +247,77 @@ def test_a_padding_the_convolution_does_not_apply_to_its_input_is_not_folded():
     with audit_mode(model):
         folds = foldable(model, model, x)
     assert len(folds.norms) == 2 and folds.pads == []
+
+
+class ReusedRectifier(nn.Module):
+    """One ReLU6 called after two convolutions, as EfficientNet-Lite0's blocks reuse theirs, and a ReLU that
+    reads the model's input itself (the caller's tensor: never rectified in place)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.ReLU()
+        self.conv1, self.norm, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.norm(self.conv1(self.first(x))))))
+
+
+class ReadAgain(nn.Module):
+    """The rectifier's input is read again after it: rectified in place, the sum would change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.act(y) + y
+
+
+def test_rectifiers_reading_fresh_outputs_work_in_place_where_no_graph_is_recorded():
+    """In place: the output is the last convolution's own tensor, rectified, with the model's values; the
+    input is untouched. With a graph, out of place and the model's gradient."""
+    from auditor.nn.folding import foldable, folded
+
+    torch.manual_seed(0)
+    model = randomise_statistics(ReusedRectifier())
+    model.conv2.weight.data.mul_(30)  # the second ReLU6 clamps at 6 too
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    given = x.clone()
+    expected = model(x).detach()
+    leaf = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model(leaf).square().sum(), leaf)
+    before = snapshot(model)
+    with audit_mode(model):
+        folds = foldable(model, model, x[:1])
+        assert folds.rectifiers == [model.act] and len(folds.norms) == 1
+        with folded(folds):
+            convolved: list[torch.Tensor] = []
+            handle = model.conv2.register_forward_hook(lambda m, i, o: convolved.append(o))
+            with torch.no_grad():
+                output = model(x)
+            leaf = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                graphed = model(leaf)
+                (folded_gradient,) = torch.autograd.grad(graphed.square().sum(), leaf)
+            handle.remove()
+    assert output is convolved[0] and graphed is not convolved[1]  # rectified in place, then out of place
+    assert torch.equal(x, given) and bool((expected == 6).any()) and bool((x < 0).any())
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(folded_gradient, gradient, rtol=1e-5, atol=1e-5 * float(gradient.abs().max()))
+    assert_unchanged(model, before)
+
+
+def test_a_rectifier_whose_input_is_read_again_is_not_made_in_place():
+    """From the calls alone the rectifier reads a fresh output; the output check keeps it as it is."""
+    from auditor.nn.folding import foldable
+
+    torch.manual_seed(0)
+    model = ReadAgain().eval()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    assert fold_pairs(model, model, x)[0].rectifiers == [model.act]
+    with audit_mode(model):
+        assert foldable(model, model, x).rectifiers == []
+        with folded_batch_norms(model, model, x), torch.no_grad():
+            torch.testing.assert_close(model(x), model.act(model.conv(x)) + model.conv(x), rtol=0, atol=0)

@@ -10,13 +10,15 @@ from torch import nn
 
 import auditor.techniques.saliency as saliency_module
 from auditor.methods import METHODS, Method
+from auditor.nn.folding import folded
+from auditor.nn.restore import audit_mode
 from auditor.techniques import reconstructions
 from auditor.techniques.attribution import GradientsUnavailable
 from auditor.techniques.reconstructions import (
     NoRectifierWarning,
     guided_backprop,
 )
-from auditor.techniques.saliency import folded_but_layer, saliency
+from auditor.techniques.saliency import foldable_but_layer, saliency
 from tests.fixtures_models import tiny
 
 
@@ -117,14 +119,14 @@ def test_the_fold_keeping_the_cam_layer_changes_no_map() -> None:
     for layer in ("features.3", "features.4", "features.5"):  # a conv, its BatchNorm, the ReLU after them
         keys = [key for key, method in METHODS.items() if method.family != "attribution"]
         plain = saliency(model, x, targets, layer, "logit", methods=keys)
-        with folded_but_layer(model, layer, x[:1]) as folded:
-            assert folded == (1 if layer in ("features.3", "features.4") else 2)
+        with audit_mode(model), folded(foldable_but_layer(model, layer, x[:1])) as count:
+            assert count == (1 if layer in ("features.3", "features.4") else 2)
             found = saliency(model, x, targets, layer, "logit", methods=keys)
         assert list(found.maps) == list(plain.maps)
         for key, maps in plain.maps.items():  # float rounding only (Eigen-CAM's SVD magnifies it most)
             assert_close_to_max(found.maps[key], maps, 1e-4)
-    with folded_but_layer(model, None, x[:1]) as folded:
-        assert folded == 0
+    with audit_mode(model), folded(foldable_but_layer(model, None, x[:1])) as count:
+        assert count == 0
 
 
 @pytest.mark.parametrize("name", ["vgg11", "densenet121"])

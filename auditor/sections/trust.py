@@ -34,12 +34,12 @@ from auditor.document import Figure, Heading, Section, Table
 from auditor.drawing import colorize, stack, titled, to_jpeg
 from auditor.errors import AuditorError
 from auditor.methods import METHODS, attribution_settings, passes
-from auditor.nn.folding import Folds, folded, folded_batch_norms
+from auditor.nn.folding import Folds, folded
 from auditor.nn.restore import audit_mode
 from auditor.option_checks import resolve_classes
 from auditor.techniques.cam import CamNotApplicable, choose_layer
 from auditor.techniques.reconstructions import gradient_saliency
-from auditor.techniques.saliency import Saliency, foldable_but_layer, folded_but_layer, products, saliency
+from auditor.techniques.saliency import Saliency, foldable_but_layer, products, saliency
 from auditor.techniques.trust.boxes import Box, mass_inside, pointing_game, read_boxes
 from auditor.techniques.trust.perturbation import (
     ConfidenceChange,
@@ -319,9 +319,12 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     wanted = trust_methods(ctx)
     used = trusted_settings(ctx, (x.shape[-2], x.shape[-1]))
     known = known_maps(ctx, rows)
-    original = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
-        ctx.module, x[block], top[block], layer, target, ctx.head, _rows(known, block),
-        {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
+    with audit_mode(ctx.module):  # one fold of the trained model, the CAM layer kept out, for all its passes here
+        trained = foldable_but_layer(ctx.module, layer, x[:1])
+    with audit_mode(ctx.module), folded(trained):
+        original = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
+            ctx.module, x[block], top[block], layer, target, ctx.head, _rows(known, block),
+            {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
     steps = settings["trust_steps"]
     randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
     sparse = costly_steps(randomised, settings["trust_costly_steps"])
@@ -331,7 +334,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
         steps_for=lambda m: sparse if m in costly else range(randomised))
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
     known_other = shared_attribution.other_rows(rows, other) if shared_attribution is not None else {}
-    with folded_but_layer(ctx.module, layer, x[:1]):
+    with audit_mode(ctx.module), folded(trained):
         other_maps = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
             ctx.module, x[block], other[block], layer, target, ctx.head, _rows(known_other, block),
             methods=list(original.maps), settings=used))).maps
@@ -348,13 +351,17 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
         return found, confidence_change(ctx.module, x[block], stacked[block], targets[block], batch_size=batch,
                                         head=ctx.head, scores=found.deletion[..., 0])  # clean images: not rerun
 
-    with folded_batch_norms(ctx.module, ctx.module, x[:1]):  # hundreds of perturbed images through one model
+    with audit_mode(ctx.module), folded(trained):  # hundreds of perturbed images through one model
         parts = ctx.spread_batches(len(rows), faithfulness)
     curves = PerturbationCurves.joined([found for found, _ in parts])
     confidence = ConfidenceChange.joined([change for _, change in parts])
     if not ctx.is_main:  # a torchrun rank's share is in; rank 0 writes the section
         return Section(heading.name, heading.title)
     boxes = localisation(ctx, settings["boxes"], layer, target, wanted, used) if settings["boxes"] else {}
+    compared = [m for m in methods if m in other_maps]  # one ranking of every pair
+    other_class = dict(zip(compared, spearman(torch.stack([original.maps[m] for m in compared]),
+                                              torch.stack([other_maps[m] for m in compared])).mean(dim=1).tolist()
+                           if compared else []))
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):
         curve = scores[method]["spearman"]
@@ -362,8 +369,7 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
             "randomization": {"verdict": sanity_verdict(curve), "spearman": _finite(curve.mean(dim=1)),
                               "ssim": _finite(scores[method]["ssim"].mean(dim=1)), "steps": labels,
                               "computed_steps": sparse if method in costly else list(range(randomised))},
-            "random_logit_spearman": float(spearman(original.maps[method], other_maps[method]).mean())
-            if method in other_maps else None,
+            "random_logit_spearman": other_class.get(method),
             "deletion_auc": float(curves.deletion_auc[:, column].mean()),
             "deletion_auc_sd": float(curves.deletion_auc[:, column].std(correction=0)),
             "insertion_auc": float(curves.insertion_auc[:, column].mean()),

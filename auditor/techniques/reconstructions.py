@@ -201,28 +201,32 @@ class _Rule(TorchFunctionMode):
 
 
 class _Rectify(torch.autograd.Function):
-    """clamp(x, 0, upper), in place or not. It saves the mask 0 < x < upper, not x, so x may be overwritten
-    in place. Backward, by the rule's method: guided backprop passes relu(gradient) where the mask holds,
-    deconvnet relu(gradient) everywhere, the plain gradient the gradient where the mask holds (autograd's
-    own ReLU and hardtanh backward)."""
+    """clamp(x, 0, upper), in place or not. Backward, by the rule's method: guided backprop passes
+    relu(gradient) where 0 < x < upper, deconvnet relu(gradient) everywhere, the plain gradient the gradient
+    where 0 < x < upper (autograd's own ReLU and hardtanh backward). It saves what autograd's own rectifiers
+    save: x, or the output when x is overwritten in place (both are in (0, upper) at the same places); the
+    backward is then one fused kernel, with no mask to build or convert."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, upper: float | None, rule: _Rule, inplace: bool) -> torch.Tensor:
-        ctx.rule = rule
-        ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
+        ctx.rule, ctx.upper = rule, upper
         if not inplace:
+            ctx.save_for_backward(x)
             return torch.relu(x) if upper is None else x.clamp(0, upper)
         ctx.mark_dirty(x)
-        return x.relu_() if upper is None else x.clamp_(0, upper)
+        output = x.relu_() if upper is None else x.clamp_(0, upper)
+        ctx.save_for_backward(output)
+        return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (mask,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
         method = ctx.rule.method
-        if method == "gradient":
-            return grad * mask, None, None, None
-        positive = grad.clamp(min=0)
-        return (positive if method == "deconvnet" else positive.mul_(mask)), None, None, None
+        if method == "deconvnet":
+            return grad.clamp(min=0), None, None, None
+        passed = (torch.ops.aten.threshold_backward(grad, saved, 0) if ctx.upper is None
+                  else torch.ops.aten.hardtanh_backward(grad, saved, 0, ctx.upper))
+        return (passed if method == "gradient" else passed.clamp_(min=0)), None, None, None  # its own tensor
 
 
 def _rectifier_call(func: Callable[..., Any], args: tuple[Any, ...],

@@ -15,8 +15,7 @@ Pure: no AuditContext; the results are on the CPU, float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,7 @@ from torch import nn
 from auditor.errors import AuditorError
 from auditor.inputs.models.heads import SOFTMAX, Head
 from auditor.methods import METHODS, Method, reusing
-from auditor.nn.folding import Folds, foldable, folded
-from auditor.nn.restore import audit_mode
+from auditor.nn.folding import Folds, foldable
 from auditor.techniques.attribution import GradientsUnavailable
 from auditor.techniques.cam import CamNotApplicable, cam_maps
 from auditor.techniques.cam_layers import resolve_layer
@@ -38,7 +36,7 @@ from auditor.techniques.reconstructions import (
     rectifier_warnings,
 )
 
-__all__ = ["Saliency", "foldable_but_layer", "folded_but_layer", "products", "saliency"]
+__all__ = ["Saliency", "foldable_but_layer", "products", "saliency"]
 
 
 @dataclass
@@ -163,18 +161,11 @@ def products(gradients: dict[str, torch.Tensor], maps: dict[str, torch.Tensor],
     return found
 
 
-@contextmanager
-def folded_but_layer(model: nn.Module, layer: str | None, example: torch.Tensor) -> Iterator[int]:
-    """Within the block, `model` (in audit mode) runs with its BatchNorms folded into the convolutions
-    before them (auditor.nn.folding), except inside the CAM target `layer`, whose captured output stays
-    the model's own; yields how many were folded."""
-    with audit_mode(model), folded(foldable_but_layer(model, layer, example)) as count:
-        yield count
-
-
 def foldable_but_layer(model: nn.Module, layer: str | None, example: torch.Tensor) -> Folds:
-    """What `folded_but_layer` folds, for a model in audit mode: nothing for no layer (cam_maps would choose
-    one, maybe a folded convolution) or one that does not resolve (cam_maps says why)."""
+    """What to fold (`auditor.nn.folding.folded`) in a model in audit mode, its BatchNorms into the convolutions
+    before them except inside the CAM target `layer`, whose captured output stays the model's own: nothing for
+    no layer (cam_maps would choose one, maybe a folded convolution) or one that does not resolve (cam_maps
+    says why)."""
     try:
         keep = None if layer is None else [resolve_layer(model, layer).module]
     except AuditorError:
