@@ -130,35 +130,33 @@ def fold_pairs(model: nn.Module, layer: nn.Module, example: torch.Tensor,
     rectifiers = [m for m in model.modules() if isinstance(m, _RECTIFIERS) and not m.inplace and _hookless(m)
                   and id(m) not in kept and "forward" not in m.__dict__]
     calls: Counter[nn.Module] = Counter()
-    outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the convolutions'
-    fresh: dict[int, torch.Tensor] = {}  # the convolutions' and BatchNorms' outputs
+    outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the convolutions' and BatchNorms', by id
     reads_fresh: dict[nn.Module, bool] = {}
     found: list[_Pair] = []
 
-    def after_convolution(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        calls[module] += 1
+    def after(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        calls[module] += isinstance(module, _CONVOLUTIONS)  # a BatchNorm is counted before it runs
         outputs[id(output)] = (module, output)  # holding the tensor keeps its id from being reused
-        fresh[id(output)] = output
 
-    def after_norm(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        fresh[id(output)] = output
+    def producer(inputs: tuple[Any, ...]) -> nn.Module | None:
+        """The convolution or BatchNorm whose output is the first input itself, if any."""
+        module, output = outputs.get(id(inputs[0]) if inputs else -1, (None, None))
+        return module if output is not None and output is inputs[0] else None
 
     def before_rectifier(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         calls[module] += 1
-        read = inputs[0] if inputs else None
-        reads_fresh[module] = reads_fresh.get(module, True) and read is not None and fresh.get(id(read)) is read
+        reads_fresh[module] = reads_fresh.get(module, True) and producer(inputs) is not None
 
     def before_norm(module: nn.Module, inputs: tuple[Any, ...]) -> None:
         calls[module] += 1
-        convolution, output = outputs.get(id(inputs[0]) if inputs else -1, (None, None))
-        if convolution is not None and output is inputs[0]:
+        convolution = producer(inputs)
+        if isinstance(convolution, _CONVOLUTIONS):
             found.append((convolution, module))
 
     def count(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         calls[module] += 1
 
-    with forward_hooks([(m, after_convolution) for m in convolutions] + [(pad, count) for _, pad in pads]
-                       + [(m, after_norm) for m in norms]), \
+    with forward_hooks([(m, after) for m in convolutions + norms] + [(pad, count) for _, pad in pads]), \
             forward_pre_hooks([(m, before_norm) for m in norms] + [(m, before_rectifier) for m in rectifiers]), \
             truncated_forward(model, layer) as run, torch.no_grad():
         reference = run(example)
