@@ -39,6 +39,27 @@ def test_user_model_is_returned_exactly_as_given() -> None:
     assert len(report.sections[0].metrics["images"][0]["top"]) == 3  # top-k capped at the 3 classes
 
 
+def test_audit_mode_restores_what_it_found_nested_and_when_the_block_raises() -> None:
+    """Eval mode and frozen parameters inside; outside, the user's mixed flags. A nested audit_mode finds the
+    model in audit mode already and restores that, even when its block switched the model to training."""
+    from auditor.nn.restore import audit_mode
+
+    module = _tiny_classifier()
+    module.train()
+    module[1].eval()
+    module[0].weight.requires_grad_(False)
+    before = snapshot(module)
+    with pytest.raises(RuntimeError, match="inside"), audit_mode(module) as flags:
+        assert not any(m.training for m in module.modules())
+        assert not any(p.requires_grad for p in module.parameters())
+        assert (flags["0.weight"], flags["0.bias"]) == (False, True)
+        with audit_mode(module):
+            module.train()
+        assert not any(m.training for m in module.modules())
+        raise RuntimeError("inside")
+    assert_unchanged(module, before)
+
+
 def test_a_failing_technique_keeps_the_rest_of_the_report(tmp_path, monkeypatch) -> None:
     install_fake_plugin(tmp_path, name="fragile")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -237,6 +237,33 @@ def test_zero_paddings_fold_into_their_convolutions_even_and_uneven():
     assert model[0].padding == (0, 0) and "forward" not in model[0].static_padding.__dict__
 
 
+def test_folds_carried_to_a_copy_with_other_weights_fold_the_copy():
+    """Folds found on a model, carried to a deep copy by name: the copy's own modules, none of the model's, and
+    the copy, with every weight and statistic redrawn, computes what it computes unfolded."""
+    import copy
+
+    from auditor.nn.folding import foldable, folded
+
+    model = same_padded_net()
+    x = torch.randn(2, 3, 17, 17, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    other = randomise_statistics(copy.deepcopy(model), seed=1)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.normal_(generator=torch.Generator().manual_seed(param.numel()))
+    expected = layer_output(other, other, x)
+    with audit_mode(model), audit_mode(other):
+        folds = foldable(model, model, x[:1])
+        carried = folds.in_copy(model, other)
+        own = {id(m) for m in other.modules()}
+        assert (len(carried.norms), len(carried.pads), len(carried.rectifiers)) == (3, 3, 3)
+        assert all(id(m) in own for pair in carried.norms + carried.pads for m in pair)
+        assert all(id(m) in own for m in carried.rectifiers)
+        with folded(carried) as count, Calls(torch.nn.functional.batch_norm) as norms, torch.no_grad():
+            output = layer_output(other, other, x)
+    assert count == 3 and norms.count == 0
+    torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_a_padding_the_convolution_does_not_apply_to_its_input_is_not_folded():
     """Padding the output looks the same from the calls; the output check keeps every padding as it is (the
     BatchNorms, none after that padding, still fold)."""

@@ -131,7 +131,8 @@ def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
 
     import auditor.sections.trust as trust_module
     from auditor.inputs.models.heads import SOFTMAX
-    from auditor.techniques.saliency import saliency
+    from auditor.nn.restore import audit_mode
+    from auditor.techniques.saliency import foldable_but_layer, saliency
     from auditor.techniques.trust.randomization import sanity_verdict
 
     model = tiny(6)
@@ -142,13 +143,20 @@ def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
     ctx = SimpleNamespace(module=model, options=SimpleNamespace(seed=0), head=SOFTMAX,
                           progress=SimpleNamespace(each=lambda items, *a, **k: items),
                           spread_batches=lambda count, compute: [compute(slice(0, count))])
-    labels, full, _, seconds = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {})
+    with audit_mode(model):
+        trained = foldable_but_layer(model, "features.5", x[:1])
+    assert trained.norms  # the copies run folded, as in the section
+    labels, full, _, seconds, other = trust_module.cascade(
+        ctx, x, top, "features.5", "logit", original, 3, {}, trained=trained,
+        other={"gradient": original.maps["gradient"]})
+    assert other == {"gradient": pytest.approx(1.0)}  # the same maps: rank correlation 1
     assert len(seconds) == 3 and all(t > 0 for t in seconds)
     asked: list[list[str]] = []
     engine = trust_module.saliency
     monkeypatch.setattr(trust_module, "saliency", lambda *a, **k: asked.append(list(k["methods"])) or engine(*a, **k))
-    again, scores, maps, _ = trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {},
-                                                  steps_for=lambda m: {0, 2} if m == "gradient" else range(3))
+    again, scores, maps, _, _ = trust_module.cascade(
+        ctx, x, top, "features.5", "logit", original, 3, {}, trained=trained,
+        steps_for=lambda m: {0, 2} if m == "gradient" else range(3))
     assert again == labels and asked == [keys, keys[:2], keys]  # a call per step, for the block of both images
     assert "gradient" not in maps[1] and "gradient" in maps[2]
     for method in keys:
@@ -160,5 +168,5 @@ def test_the_cascade_computes_each_method_at_its_own_steps(monkeypatch) -> None:
             torch.testing.assert_close(curve[computed], full[method][metric][computed], rtol=0, atol=1e-6)
     assert sanity_verdict(scores["gradient"]["spearman"]) == sanity_verdict(full["gradient"]["spearman"][[0, 2]])
     with pytest.raises(ValueError, match="gradient computed at none"):
-        trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {},
+        trust_module.cascade(ctx, x, top, "features.5", "logit", original, 3, {}, trained=trained,
                              steps_for=lambda m: () if m == "gradient" else range(3))

@@ -56,6 +56,19 @@ class Folds:
     pads: list[_Pair] = field(default_factory=list)
     rectifiers: list[nn.Module] = field(default_factory=list)
 
+    def in_copy(self, model: nn.Module, copy: nn.Module) -> Folds:
+        """The same folds in `copy`, a deep copy of `model` (its modules matched by qualified name). Which
+        module reads which tensor does not depend on the weights, so the folds found and checked on `model`
+        hold for a copy whose weights differ, as the trust section's randomised one: no second search."""
+        names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+        modules = dict(copy.named_modules(remove_duplicate=False))
+
+        def same(module: nn.Module) -> nn.Module:
+            return modules[names[id(module)]]
+
+        return Folds([(same(a), same(b)) for a, b in self.norms], [(same(a), same(b)) for a, b in self.pads],
+                     [same(m) for m in self.rectifiers])
+
 
 @contextmanager
 def folded_batch_norms(model: nn.Module, layer: nn.Module, example: torch.Tensor,

@@ -22,23 +22,27 @@ def audit_mode(model: nn.Module, device: torch.device | None = None) -> Iterator
     Yields the user's requires_grad flags by parameter name: the report counts trainable parameters
     as the user set them, not as the audit froze them.
     """
-    training = {module: module.training for module in model.modules()}
-    requires_grad = {param: param.requires_grad for param in model.parameters()}
-    flags = requires_grad_flags(model)
-    original_device = next((t.device for t in itertools.chain(model.parameters(), model.buffers())), None)
+    modules = list(model.modules())
+    training = [module.training for module in modules]
+    named = list(model.named_parameters())
+    flags = {name: param.requires_grad for name, param in named}
+    original_device = next((t.device for t in itertools.chain((p for _, p in named), model.buffers())), None)
     moved = device is not None and original_device is not None and device != original_device
     try:
-        model.eval()
-        for param in requires_grad:
-            param.requires_grad_(False)
+        if any(training):  # nested inside another audit_mode (the usual case) it is eval already
+            model.eval()
+        for _, param in named:
+            if param.requires_grad:
+                param.requires_grad_(False)
         if moved:
             model.to(device)
         yield flags
     finally:
         if moved:
             model.to(original_device)
-        for param, flag in requires_grad.items():
-            param.requires_grad_(flag)
-        for module, flag in training.items():
-            module.training = flag
-
+        for (_, param), flag in zip(named, flags.values()):
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)
+        for module, flag in zip(modules, training):
+            if module.training != flag:  # nn.Module.__setattr__ is slow, and most flags are unchanged
+                module.training = flag

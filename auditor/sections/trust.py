@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as PlotFigure
@@ -87,18 +88,22 @@ def known_maps(ctx: AuditContext, rows: list[int]) -> dict[str, torch.Tensor]:
 
 
 def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, target: str,
-            original: Saliency, steps: int, settings: dict[str, Any],
-            steps_for: Callable[[str], Collection[int]] | None = None
-            ) -> tuple[list[str], dict[str, dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[float]]:
-    """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, the maps, and
-    each step's seconds. `settings` are the attribution methods' (the trained maps' own).
+            original: Saliency, steps: int, settings: dict[str, Any], *, trained: Folds,
+            other: dict[str, torch.Tensor] | None = None, steps_for: Callable[[str], Collection[int]] | None = None
+            ) -> tuple[list[str], dict[str, dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[float],
+                       dict[str, float]]:
+    """Per step label, per method the Spearman and SSIM [steps, N] against the trained maps, the maps, each
+    step's seconds, and per method of `other` (the trained model's maps of another class: the random-logit
+    check) their mean Spearman with the trained maps. `settings` are the attribution methods' (the trained
+    maps' own).
 
-    Each randomised copy runs with its BatchNorms and paddings folded (the CAM layer kept out; the folds found
-    and checked on the first step, the copy being one model re-initialised step by step), a --batch-size
-    block of images at a time, and computes, per method, only the steps `steps_for(method)` names (indices
-    into the cascade's steps; None: every step): a method's curves are NaN at the steps it skips, and its
-    maps are absent from those steps' dicts. The similarities of every (method, step) are computed together,
-    each trained map ranked once.
+    Each randomised copy runs with the trained model's folds `trained` (the CAM layer kept out), carried to the
+    copy by name (`Folds.in_copy`: which module reads which tensor does not change with the weights; the copy
+    is one model, re-initialised step by step), a --batch-size block of images at a time, and computes, per
+    method, only the steps `steps_for(method)` names (indices into the cascade's steps; None: every step): a
+    method's curves are NaN at the steps it skips, and its maps are absent from those steps' dicts. The
+    similarities of every (method, step), and the other class's Spearman, are computed together, each trained
+    map ranked once.
     """
     methods = list(original.maps)
     wanted = {m: None if steps_for is None else set(steps_for(m)) for m in methods}
@@ -106,7 +111,7 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     step_maps: list[dict[str, torch.Tensor]] = []
     pairs: list[tuple[int, int, torch.Tensor]] = []  # (method's position, step, its map after the step)
     seconds: list[float] = []
-    folds: Folds | None = None  # found on the first step: the copy is one model, re-initialised step by step
+    folds: Folds | None = None  # the trained model's, in the copy: one model, re-initialised step by step
     for step, (label, randomised) in enumerate(ctx.progress.each(
             randomization_cascade(ctx.module, steps, ctx.options.seed, example=x[:1]), "steps", total=steps)):
         started = time.perf_counter()
@@ -114,13 +119,12 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
         chosen = [m for m in methods if wanted[m] is None or step in wanted[m]]
         found: dict[str, torch.Tensor] = {}
         if chosen:
-            with audit_mode(randomised):
-                folds = foldable_but_layer(randomised, layer, x[:1]) if folds is None else folds
-                with folded(folds):
-                    found = Saliency.joined(ctx.spread_batches(len(x), lambda rows, model=randomised,
-                                                               methods=chosen: saliency(
-                        model, x[rows], top[rows], layer, target, ctx.head, methods=methods,
-                        settings=settings))).maps
+            folds = trained.in_copy(ctx.module, randomised) if folds is None else folds
+            with audit_mode(randomised), folded(folds):
+                found = Saliency.joined(ctx.spread_batches(len(x), lambda rows, model=randomised, methods=chosen:
+                                                           saliency(model, x[rows], top[rows], layer, target,
+                                                                    ctx.head, methods=methods,
+                                                                    settings=settings))).maps
         step_maps.append(found)
         seconds.append(time.perf_counter() - started)
         pairs += [(methods.index(m), step, found.get(m, torch.zeros_like(original.maps[m]))) for m in chosen]
@@ -128,15 +132,18 @@ def cascade(ctx: AuditContext, x: torch.Tensor, top: torch.Tensor, layer: str, t
     if skipped:
         raise ValueError(f"cascade: {', '.join(skipped)} computed at none of the {len(labels)} steps")
     references = torch.stack([original.maps[m] for m in methods])  # [M, N, H, W]
-    index = torch.tensor([i for i, _, _ in pairs])
-    after = torch.stack([found for _, _, found in pairs])  # [P, N, H, W]
-    ranked, structure = spearman(references, after, index), ssim(references, after, index=index)
+    other = other or {}
+    compared = [m for m in methods if m in other]
+    index = torch.tensor([i for i, _, _ in pairs] + [methods.index(m) for m in compared])
+    after = torch.stack([found for _, _, found in pairs] + [other[m] for m in compared])  # [P + O, N, H, W]
+    ranked = spearman(references, after, index)
+    structure = ssim(references, after[:len(pairs)], index=index[:len(pairs)])
     count = references.shape[1]
     scores = {m: {k: torch.full((len(labels), count), float("nan")) for k in ("spearman", "ssim")} for m in methods}
     for p, (i, step, _) in enumerate(pairs):
         scores[methods[i]]["spearman"][step] = ranked[p]
         scores[methods[i]]["ssim"][step] = structure[p]
-    return labels, scores, step_maps, seconds
+    return labels, scores, step_maps, seconds, dict(zip(compared, ranked[len(pairs):].mean(dim=1).tolist()))
 
 
 def boxes_for(ctx: AuditContext, path: str) -> list[tuple[int, int, Box]]:
@@ -241,12 +248,13 @@ def cascade_colours(cmap: str) -> str:
 
 def cascade_tile(heat: torch.Tensor | None, cmap: str) -> Image.Image:
     """One map to its own 99th percentile (gradient maps are heavy-tailed and would show black); grey for a
-    step the method skipped."""
+    step the method skipped. The map is shrunk (area averages) before it is coloured: 6x fewer pixels to
+    colour, and no colours blended by the resize."""
     if heat is None:
         return Image.new("RGB", (TILE_PX, TILE_PX), (205, 205, 205))
-    values = heat.numpy()
-    top = float(np.percentile(values, 99)) or 1.0
-    return Image.fromarray(colorize(values, cmap, 0.0, top)).resize((TILE_PX, TILE_PX))
+    top = float(np.percentile(heat.numpy(), 99)) or 1.0
+    small = F.interpolate(heat.float()[None, None], size=(TILE_PX, TILE_PX), mode="area")[0, 0].numpy()
+    return Image.fromarray(colorize(small, cmap, 0.0, top))
 
 
 def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: list[str],
@@ -319,30 +327,9 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
     wanted = trust_methods(ctx)
     used = trusted_settings(ctx, (x.shape[-2], x.shape[-1]))
     known = known_maps(ctx, rows)
-    with audit_mode(ctx.module):  # one fold of the trained model, the CAM layer kept out, for all its passes here
-        trained = foldable_but_layer(ctx.module, layer, x[:1])
-    with audit_mode(ctx.module), folded(trained):
-        original = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
-            ctx.module, x[block], top[block], layer, target, ctx.head, _rows(known, block),
-            {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
-    steps = settings["trust_steps"]
-    randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
-    sparse = costly_steps(randomised, settings["trust_costly_steps"])
-    costly = [m for m in original.maps if METHODS[m].many_passes and len(sparse) < randomised]
-    labels, scores, step_maps, step_seconds = cascade(
-        ctx, x, top, layer, target, original, steps, used,
-        steps_for=lambda m: sparse if m in costly else range(randomised))
     other = random_other_class(top, len(ctx.class_names), ctx.options.seed)
     known_other = shared_attribution.other_rows(rows, other) if shared_attribution is not None else {}
-    with audit_mode(ctx.module), folded(trained):
-        other_maps = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
-            ctx.module, x[block], other[block], layer, target, ctx.head, _rows(known_other, block),
-            methods=list(original.maps), settings=used))).maps
-    methods = list(original.maps)
-    stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(original.maps[methods[0]].shape,
-                                                                             ctx.options.seed)], dim=1)
-    targets = top[:, None].expand(-1, stacked.shape[1]).to(x.device)
-    stacked = stacked.to(x.device)
+    steps = settings["trust_steps"]
     batch = max(16, ctx.options.batch_size)
 
     def faithfulness(block: slice) -> tuple[PerturbationCurves, ConfidenceChange]:
@@ -351,17 +338,33 @@ def trust_section(heading: Heading, ctx: AuditContext, settings: dict[str, Any])
         return found, confidence_change(ctx.module, x[block], stacked[block], targets[block], batch_size=batch,
                                         head=ctx.head, scores=found.deletion[..., 0])  # clean images: not rerun
 
-    with audit_mode(ctx.module), folded(trained):  # hundreds of perturbed images through one model
-        parts = ctx.spread_batches(len(rows), faithfulness)
+    # the trained model folded once, the CAM layer kept out, for every pass of it here: its maps, the other
+    # class's, and the hundreds of perturbed images of deletion and insertion
+    with audit_mode(ctx.module):
+        trained = foldable_but_layer(ctx.module, layer, x[:1])
+        with folded(trained):
+            original = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
+                ctx.module, x[block], top[block], layer, target, ctx.head, _rows(known, block),
+                {k: v for k, v in unavailable.items() if k in wanted}, methods=wanted, settings=used)))
+            methods = list(original.maps)
+            other_maps = Saliency.joined(ctx.spread_batches(len(rows), lambda block: saliency(
+                ctx.module, x[block], other[block], layer, target, ctx.head, _rows(known_other, block),
+                methods=methods, settings=used))).maps
+            stacked = torch.stack([original.maps[m] for m in methods] + [random_maps(
+                original.maps[methods[0]].shape, ctx.options.seed)], dim=1).to(x.device)
+            targets = top[:, None].expand(-1, stacked.shape[1]).to(x.device)
+            parts = ctx.spread_batches(len(rows), faithfulness)
+    randomised = min(steps, len(parametrised_layers(ctx.module)))  # the cascade's steps: one layer at least each
+    sparse = costly_steps(randomised, settings["trust_costly_steps"])
+    costly = [m for m in methods if METHODS[m].many_passes and len(sparse) < randomised]
+    labels, scores, step_maps, step_seconds, other_class = cascade(  # after the folded passes: unfolded copy
+        ctx, x, top, layer, target, original, steps, used, trained=trained, other=other_maps,
+        steps_for=lambda m: sparse if m in costly else range(randomised))
     curves = PerturbationCurves.joined([found for found, _ in parts])
     confidence = ConfidenceChange.joined([change for _, change in parts])
     if not ctx.is_main:  # a torchrun rank's share is in; rank 0 writes the section
         return Section(heading.name, heading.title)
     boxes = localisation(ctx, settings["boxes"], layer, target, wanted, used) if settings["boxes"] else {}
-    compared = [m for m in methods if m in other_maps]  # one ranking of every pair
-    other_class = dict(zip(compared, spearman(torch.stack([original.maps[m] for m in compared]),
-                                              torch.stack([other_maps[m] for m in compared])).mean(dim=1).tolist()
-                           if compared else []))
     results: dict[str, dict[str, Any]] = {}
     for column, method in enumerate(methods):
         curve = scores[method]["spearman"]

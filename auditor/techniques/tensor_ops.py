@@ -20,24 +20,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float, taps: int, border: str | N
     channel on its own. border None: valid positions only (H - taps + 1 rows); else F.pad's mode for the
     border ("replicate"), and the output keeps the input's size.
 
-    Each axis is one matrix product with a banded matrix (`_band`): more multiplications than a depthwise
-    convolution, but BLAS runs them five times faster on the CPU than conv2d runs a grouped 11-tap kernel."""
+    Each axis is one depthwise convolution with a 1-d kernel, every map a channel of one image: on the CPU
+    twice as fast at 224 px as a matrix product with a banded matrix (which multiplies by every zero of the
+    band), and ten times as fast as conv2d on a batch of one-channel maps."""
     radius = taps // 2
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=images.device)
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
     weights = (weights / weights.sum()).to(images.dtype)
     if border is not None:
         images = F.pad(images, (radius, radius, radius, radius), mode=border)
-    rows = images @ _band(weights, images.shape[-1])
-    return _band(weights, images.shape[-2]).T @ rows
-
-
-def _band(weights: torch.Tensor, size: int) -> torch.Tensor:
-    """[size, size - taps + 1]: column j holds the weights at rows j .. j + taps - 1, so x @ band is the valid
-    correlation of each row of x with the weights."""
-    taps = len(weights)
-    band = weights.new_zeros(size, size - taps + 1)
-    columns = torch.arange(size - taps + 1, device=weights.device)
-    for k in range(taps):
-        band[columns + k, columns] = weights[k]
-    return band
+    count, channels, height, width = images.shape
+    maps = images.reshape(1, count * channels, height, width)
+    kernel = weights.view(1, 1, 1, taps).expand(count * channels, 1, 1, taps)
+    rows = F.conv2d(maps, kernel, groups=count * channels)
+    blurred = F.conv2d(rows, kernel.transpose(-1, -2), groups=count * channels)
+    return blurred.reshape(count, channels, *blurred.shape[-2:])

@@ -125,7 +125,12 @@ def _reinitialise(module: nn.Module, name: str, seed: int) -> None:
     """Reset one module's own parameters reproducibly, without touching the global RNG state."""
     devices = sorted({p.device.index or 0 for p in module.parameters(recurse=False) if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+        layer_seed = zlib.crc32(f"{seed}:{name}".encode())
+        # the generators the parameters draw from; torch.manual_seed would also queue a seeding, with its stack
+        # trace, for every accelerator not started: a list that grows at each layer of each audit
+        torch.random.default_generator.manual_seed(layer_seed)
+        for device in devices:
+            torch.cuda.default_generators[device].manual_seed(layer_seed)
         reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
         if reset is not None:
             reset()
