@@ -248,13 +248,13 @@ def cascade_colours(cmap: str) -> str:
 
 def cascade_tile(heat: torch.Tensor | None, cmap: str) -> Image.Image:
     """One map to its own 99th percentile (gradient maps are heavy-tailed and would show black); grey for a
-    step the method skipped. The map is shrunk (area averages) before it is coloured: 6x fewer pixels to
-    colour, and no colours blended by the resize."""
+    step the method skipped. The map is resized (antialiased) before it is coloured: at 224 px, 5x fewer pixels
+    to colour, and no colours blended by the resize."""
     if heat is None:
         return Image.new("RGB", (TILE_PX, TILE_PX), (205, 205, 205))
     top = float(np.percentile(heat.numpy(), 99)) or 1.0
-    small = F.interpolate(heat.float()[None, None], size=(TILE_PX, TILE_PX), mode="area")[0, 0].numpy()
-    return Image.fromarray(colorize(small, cmap, 0.0, top))
+    tile = F.interpolate(heat.float()[None, None], size=(TILE_PX, TILE_PX), mode="bilinear", antialias=True)
+    return Image.fromarray(colorize(tile[0, 0].numpy(), cmap, 0.0, top))
 
 
 def cascade_picture(ctx: AuditContext, index: int, original: Saliency, labels: list[str],

@@ -124,13 +124,16 @@ def randomization_cascade(model: nn.Module, steps: int, seed: int = 0, *,
 def _reinitialise(module: nn.Module, name: str, seed: int) -> None:
     """Reset one module's own parameters reproducibly, without touching the global RNG state."""
     devices = sorted({p.device.index or 0 for p in module.parameters(recurse=False) if p.device.type == "cuda"})
+    elsewhere = any(p.device.type not in ("cpu", "cuda") for p in module.parameters(recurse=False))
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         layer_seed = zlib.crc32(f"{seed}:{name}".encode())
-        # the generators the parameters draw from; torch.manual_seed would also queue a seeding, with its stack
-        # trace, for every accelerator not started: a list that grows at each layer of each audit
-        torch.random.default_generator.manual_seed(layer_seed)
-        for device in devices:
-            torch.cuda.default_generators[device].manual_seed(layer_seed)
+        if elsewhere:  # another accelerator's parameters: every generator, as torch.manual_seed seeds them
+            torch.manual_seed(layer_seed)
+        else:  # only the generators the parameters draw from: torch.manual_seed formats a stack trace for each
+            # accelerator not started yet, to report a failed lazy seeding (0.1 s over the default cascade)
+            torch.random.default_generator.manual_seed(layer_seed)
+            for device in devices:
+                torch.cuda.default_generators[device].manual_seed(layer_seed)
         reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
         if reset is not None:
             reset()
